@@ -1,0 +1,124 @@
+"""The one typed config: mirrors params.yaml, validated once when a stage starts.
+
+An unknown key, a wrong type or an impossible value stops the stage with one line naming the key
+(`ConfigError`), before any work is done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad params.yaml; the message is one line that names the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SplitConfig(Section):
+    val: float = Field(0.15, ge=0.0, lt=1.0)
+    test: float = Field(0.15, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _leave_room_for_train(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError(f"val + test must sum below 1 to leave photos for train (got {self.val + self.test})")
+        return self
+
+
+class ArchiveConfig(Section):
+    max_members: int = Field(100_000, gt=0)
+    max_member_bytes: int = Field(200_000_000, gt=0)
+    max_total_bytes: int = Field(20_000_000_000, gt=0)
+    max_ratio: float = Field(200.0, gt=1.0)
+
+
+class DownloadConfig(Section):
+    workers: int = Field(8, gt=0)
+    timeout_seconds: float = Field(15.0, gt=0.0)
+    retries: int = Field(2, ge=0)
+    max_bytes: int = Field(100_000_000, gt=0)
+
+
+class FetchConfig(Section):
+    sources: list[Literal["samples", "data"]] = Field(default_factory=lambda: ["samples", "data"], min_length=1)
+    formats: list[Literal["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "MPO"]] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "MPO"], min_length=1
+    )
+    min_side: int = Field(64, gt=0)
+    max_pixels: int = Field(100_000_000, gt=0)
+    min_chroma: float = Field(3.0, ge=0.0)
+    split: SplitConfig = SplitConfig()
+    archive: ArchiveConfig = ArchiveConfig()
+    download: DownloadConfig = DownloadConfig()
+
+
+class AugmentConfig(Section):
+    image_size: int = Field(64, ge=32)
+    copies_per_image: int = Field(8, gt=0)
+    crop_scale: tuple[float, float] = (0.35, 1.0)
+    hflip_p: float = Field(0.5, ge=0.0, le=1.0)
+    rotate_degrees: float = Field(10.0, ge=0.0, le=180.0)
+    scale_jitter: float = Field(0.1, ge=0.0, lt=1.0)
+    affine_p: float = Field(0.5, ge=0.0, le=1.0)
+    brightness_contrast_p: float = Field(0.0, ge=0.0, le=1.0)
+    brightness_limit: float = Field(0.1, ge=0.0, le=1.0)
+    contrast_limit: float = Field(0.1, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentConfig:
+        if self.image_size & (self.image_size - 1):
+            raise ValueError(f"image_size must be a power of two (got {self.image_size})")
+        low, high = self.crop_scale
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop_scale must be [low, high] with 0 < low <= high <= 1 (got {list(self.crop_scale)})")
+        return self
+
+
+class ShardConfig(Section):
+    images_per_shard: int = Field(1024, gt=0)
+
+
+class Params(Section):
+    seed: int = 0
+    fetch: FetchConfig = FetchConfig()
+    augment: AugmentConfig = AugmentConfig()
+    shard: ShardConfig = ShardConfig()
+
+
+def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found (run from the repository root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return parse_params(raw, str(path))
+
+
+def _one_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key (check the spelling against params.yaml's documented keys)"
+    got = first.get("input")
+    shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+    more = f" [+{error.error_count() - 1} more]" if error.error_count() > 1 else ""
+    return f"{source}: {key}: {message}{shown}{more}"

@@ -1,0 +1,165 @@
+"""The fetch stage: candidates from every source -> accepted sRGB photos, a manifest and a summary.
+
+Decoding runs in worker processes; deduplication and split assignment happen in the parent, in
+source order, so the result does not depend on which worker finished first.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from colorizer.config import FetchConfig, SplitConfig
+from colorizer.files import atomic_path, atomic_write_bytes, atomic_write_json, progress
+from colorizer.images import RejectedImage, content_id, decode, encode_png, reject_reason
+from colorizer.sources import (
+    ArchiveLimits,
+    Candidate,
+    DownloadSettings,
+    Rejected,
+    bundled_samples,
+    folder_candidates,
+)
+
+MANIFEST_COLUMNS = ["path", "id", "width", "height", "mode", "format", "status", "reason", "detail", "split", "file"]
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    path: str
+    data: bytes
+    images_dir: Path
+    max_pixels: int
+    formats: tuple[str, ...]
+    min_side: int
+    min_chroma: float
+
+
+def split_for(image_id: str, split: SplitConfig) -> str:
+    """train/val/test from the content hash: stable when photos are added, never two splits for one photo."""
+    position = int(image_id[:12], 16) / float(16**12)
+    if position < split.val:
+        return "val"
+    if position < split.val + split.test:
+        return "test"
+    return "train"
+
+
+def decode_and_store(job: DecodeJob) -> dict:
+    """Runs in a worker: decode, judge, and write the accepted photo as `<id>.png`."""
+    row = {"path": job.path, "status": "rejected", "reason": "", "detail": ""}
+    try:
+        decoded = decode(job.data, job.max_pixels, job.formats)
+    except RejectedImage as e:
+        return row | {"reason": e.reason, "detail": e.detail[:200]}
+    height, width = decoded.rgb.shape[:2]
+    row |= {"width": width, "height": height, "mode": decoded.mode, "format": decoded.format}
+    row["id"] = content_id(decoded.rgb)
+    reason = reject_reason(decoded, job.min_side, job.min_chroma)
+    if reason:
+        return row | {"reason": reason}
+    target = job.images_dir / f"{row['id']}.png"
+    if not target.exists():
+        atomic_write_bytes(target, encode_png(decoded.rgb))
+    return row | {"status": "ok", "file": target.name}
+
+
+def gather_candidates(cfg: FetchConfig, data_dir: Path, cache_dir: Path) -> Iterator[Candidate | Rejected]:
+    limits = ArchiveLimits(**cfg.archive.model_dump())
+    download = DownloadSettings(cache_dir=cache_dir, **cfg.download.model_dump())
+    for source in cfg.sources:
+        if source == "samples":
+            yield from bundled_samples()
+        elif data_dir.is_dir():
+            yield from folder_candidates(data_dir, limits, download)
+
+
+def fetch(cfg: FetchConfig, data_dir: Path, out_dir: Path, cache_dir: Path, summary_path: Path,
+          workers: int | None = None) -> dict:
+    """Run the stage; returns the summary that is also written to `summary_path`."""
+    images_dir = out_dir / "images"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rows = list(progress(_decode_all(cfg, data_dir, images_dir, cache_dir, workers), desc="fetch"))
+    manifest = _assign(rows, cfg.split)
+    kept = set(manifest.loc[manifest.status == "ok", "file"])
+    for stale in images_dir.iterdir():  # left by an earlier run by hand: not part of this manifest
+        if stale.name not in kept:
+            stale.unlink()
+    with atomic_path(out_dir / "manifest.parquet") as tmp:
+        manifest.to_parquet(tmp, index=False)
+    summary = summarize(manifest)
+    atomic_write_json(summary_path, summary)
+    return summary
+
+
+def _decode_all(cfg: FetchConfig, data_dir: Path, images_dir: Path, cache_dir: Path,
+                workers: int | None) -> Iterator[dict]:
+    jobs = _jobs(gather_candidates(cfg, data_dir, cache_dir), cfg, images_dir)
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers == 1:
+        yield from (job if isinstance(job, dict) else decode_and_store(job) for job in jobs)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        yield from _in_order(pool, jobs, window=4 * workers)
+
+
+def _in_order(pool: ProcessPoolExecutor, jobs: Iterable[DecodeJob | dict], window: int) -> Iterator[dict]:
+    """Results in submission order with at most `window` jobs in flight (bounded memory)."""
+    pending: deque[Future | dict] = deque()
+    for job in jobs:
+        pending.append(job if isinstance(job, dict) else pool.submit(decode_and_store, job))
+        if len(pending) >= window:
+            head = pending.popleft()
+            yield head if isinstance(head, dict) else head.result()
+    for head in pending:
+        yield head if isinstance(head, dict) else head.result()
+
+
+def _jobs(candidates: Iterable[Candidate | Rejected], cfg: FetchConfig, images_dir: Path) -> Iterator[DecodeJob | dict]:
+    for candidate in candidates:
+        if isinstance(candidate, Rejected):
+            yield {"path": candidate.path, "status": "rejected", "reason": candidate.reason, "detail": candidate.detail}
+            continue
+        try:
+            data = candidate.read()
+        except OSError as e:
+            yield {"path": candidate.path, "status": "rejected", "reason": "unreadable", "detail": str(e)}
+            continue
+        yield DecodeJob(candidate.path, data, images_dir, cfg.max_pixels, tuple(cfg.formats), cfg.min_side,
+                        cfg.min_chroma)
+
+
+def _assign(rows: list[dict], split: SplitConfig) -> pd.DataFrame:
+    """Mark exact duplicates (first one wins) and give every accepted photo its split."""
+    first_path: dict[str, str] = {}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        if row["id"] in first_path:
+            row.update(status="rejected", reason="duplicate", detail=f"same pixels as {first_path[row['id']]}")
+            row.pop("file", None)
+            continue
+        first_path[row["id"]] = row["path"]
+        row["split"] = split_for(row["id"], split)
+    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    for column in ("width", "height"):
+        manifest[column] = manifest[column].astype("Int64")
+    return manifest
+
+
+def summarize(manifest: pd.DataFrame) -> dict:
+    ok = manifest[manifest.status == "ok"]
+    rejected = manifest[manifest.status == "rejected"]
+    return {
+        "candidates": len(manifest),
+        "ok": len(ok),
+        "rejected": len(rejected),
+        "reasons": dict(sorted(Counter(rejected.reason).items())),
+        "split": {name: int((ok.split == name).sum()) for name in ("train", "val", "test")},
+    }

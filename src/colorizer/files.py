@@ -1,0 +1,61 @@
+"""Atomic writes and progress bars: the one helper for each, used by every stage."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+TEMP_MARK = ".tmp"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success rename it into place, on error remove it.
+
+    A kill at any moment leaves either the old file or the new one, never half of one.
+    The temp name keeps `path`'s suffix (or `suffix`) so writers that pick a format by extension work.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    keep_suffix = final.suffix if suffix is None else suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMP_MARK + keep_suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the names `atomic_path` gives its temp files (leftovers of a killed run)."""
+    return name.startswith(".") and TEMP_MARK in name
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "img") -> Iterable[T]:
+    """A tqdm bar on stderr; quiet when stderr is not a terminal unless COLORIZER_PROGRESS=1."""
+    show = sys.stderr.isatty() or os.environ.get("COLORIZER_PROGRESS") == "1"
+    return tqdm(items, desc=desc, total=total, unit=unit, disable=not show, dynamic_ncols=True)

@@ -1,0 +1,150 @@
+"""Decoding photos safely: the one place Pillow opens an image.
+
+Every candidate is decoded fully, oriented by its EXIF tag and normalised to 8-bit sRGB, or
+rejected with a reason a person can read. Nothing here knows where the bytes came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from colorizer.lab import mean_chroma
+
+# Formats we open; everything else is "not an image" even if some Pillow plugin could read it.
+DEFAULT_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "MPO")
+_SRGB_PROFILE = ImageCms.createProfile("sRGB")
+
+
+class RejectedImage(ValueError):
+    """A candidate we skip; `reason` is short and stable (it is counted in the summary)."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    rgb: np.ndarray  # (H, W, 3) uint8, sRGB, EXIF orientation applied
+    mode: str  # Pillow mode of the file as stored, e.g. "CMYK", "I;16", "P"
+    format: str
+    alpha: np.ndarray | None = None  # (H, W) uint8 when the file had transparency
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+
+
+def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Image.Image:
+    """Open (lazily) with the format allow-list and a pixel cap checked before any decoding."""
+    if not data:
+        raise RejectedImage("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=list(formats))
+    except UnidentifiedImageError as e:
+        raise RejectedImage("not an image", str(e)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise RejectedImage("decompression bomb", str(e)) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise RejectedImage("corrupt", str(e)) from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise RejectedImage("decompression bomb", f"{width}x{height} is over the {max_pixels}-pixel cap")
+    return img
+
+
+def decode(data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS) -> DecodedImage:
+    """Bytes -> DecodedImage (8-bit sRGB), or RejectedImage with the reason."""
+    img = open_image(data, max_pixels, formats)
+    fmt, icc, exif = img.format or "", img.info.get("icc_profile"), img.info.get("exif")
+    try:
+        img.seek(0)  # first frame of GIF/TIFF/MPO
+        img.load()
+        stored_mode = img.mode
+        img = ImageOps.exif_transpose(img)
+        rgb, alpha = to_rgb(img, icc)
+    except RejectedImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise RejectedImage("decompression bomb", str(e)) from None
+    except OSError as e:
+        reason = "truncated" if "truncated" in str(e) or "broken" in str(e) else "corrupt"
+        raise RejectedImage(reason, str(e)) from None
+    except (SyntaxError, ValueError, EOFError, IndexError) as e:
+        raise RejectedImage("corrupt", str(e)) from None
+    return DecodedImage(rgb=rgb, mode=stored_mode, format=fmt, alpha=alpha, icc_profile=icc, exif=exif)
+
+
+def to_rgb(img: Image.Image, icc_profile: bytes | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Any Pillow mode -> ((H, W, 3) uint8 sRGB composited on white, alpha or None)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # Pillow's convert("L") clips 16-bit values above 255 to white; scale 0..65535 -> 0..255 ourselves.
+        grey = np.asarray(img, dtype=np.float32)
+        grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1), None
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "CMYK" or (mode == "RGB" and icc_profile):
+        img = _to_srgb_via_icc(img, icc_profile)
+    elif mode not in ("RGB", "RGBA", "LA", "L"):
+        img = img.convert("RGBA" if "A" in mode else "RGB")
+    if img.mode in ("RGBA", "LA"):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[..., 3:] / 255.0
+        rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)  # composite on white
+        return np.round(rgb).astype(np.uint8), rgba[..., 3].astype(np.uint8)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8), None
+
+
+def _to_srgb_via_icc(img: Image.Image, icc_profile: bytes | None) -> Image.Image:
+    if icc_profile:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+            return ImageCms.profileToProfile(img, source, _SRGB_PROFILE, outputMode="RGB")
+        except (ImageCms.PyCMSError, OSError):
+            pass  # a broken profile: fall back to Pillow's naive conversion below
+    return img.convert("RGB")
+
+
+def reject_reason(decoded: DecodedImage, min_side: int, min_chroma: float) -> str | None:
+    """Why a decoded photo teaches us nothing (too small, greyscale), or None to keep it."""
+    height, width = decoded.rgb.shape[:2]
+    if min(height, width) < min_side:
+        return "too small"
+    if chroma_of(decoded.rgb) < min_chroma:
+        return "near-greyscale"
+    return None
+
+
+def chroma_of(rgb: np.ndarray) -> float:
+    step = max(1, max(rgb.shape[:2]) // 256)  # a 256-px preview is enough for a mean
+    return mean_chroma(rgb[::step, ::step])
+
+
+def content_id(rgb: np.ndarray) -> str:
+    """Hash of the decoded pixels (and shape): equal photos in any container get the same id."""
+    digest = hashlib.sha256()
+    digest.update(f"{rgb.shape}".encode())
+    digest.update(np.ascontiguousarray(rgb).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """One of our own normalised PNGs (written by fetch) -> (H, W, 3) uint8."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)

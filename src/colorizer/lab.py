@@ -1,0 +1,83 @@
+"""sRGB (D65) <-> CIE Lab, and the model's normalisation of L and a*b*: pure numpy functions.
+
+One vectorised implementation used everywhere (shards, metrics, colorize). It follows the same
+formulas and constants as scikit-image's `rgb2lab`/`lab2rgb` (tests compare the two), but works in
+float32 on any (..., 3) array and never warns: we call it on millions of pixels per second.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# sRGB primaries -> XYZ, and the D65 (2 degree) white point: scikit-image's constants.
+XYZ_FROM_RGB = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
+    dtype=np.float64,
+)
+RGB_FROM_XYZ = np.linalg.inv(XYZ_FROM_RGB)
+WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
+
+_EPSILON = 0.008856  # (6/29)^3, below which f(t) is linear
+_KAPPA = 7.787
+
+# The model sees L in [-1, 1] and a*b* in about [-1, 1]; these are the only place the scale lives.
+L_SCALE, L_SHIFT = 50.0, 1.0  # L_norm = L / 50 - 1
+AB_SCALE = 110.0  # ab_norm = ab / 110: |a*|,|b*| of sRGB stay under ~110
+
+
+def _srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
+    return np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+
+
+def _linear_to_srgb(linear: np.ndarray) -> np.ndarray:
+    linear = np.clip(linear, 0.0, None)
+    return np.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear)
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) sRGB -> (..., 3) float32 Lab. uint8 input is read as 0..255, floats as 0..1."""
+    rgb = np.asarray(rgb)
+    rgb01 = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
+    xyz = _srgb_to_linear(rgb01) @ (XYZ_FROM_RGB / WHITE_D65[:, None]).T.astype(np.float32)
+    f = np.where(xyz > _EPSILON, np.cbrt(xyz), _KAPPA * xyz + 16.0 / 116.0)
+    fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
+    L = np.where(xyz[..., 1] > _EPSILON, 116.0 * fy - 16.0, 903.3 * xyz[..., 1])
+    return np.stack([L, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1).astype(np.float32)
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """(..., 3) Lab -> (..., 3) float32 sRGB in [0, 1], clipped into gamut."""
+    lab = np.asarray(lab, dtype=np.float32)
+    fy = (lab[..., 0] + 16.0) / 116.0
+    fx = fy + lab[..., 1] / 500.0
+    fz = np.clip(fy - lab[..., 2] / 200.0, 0.0, None)
+    f = np.stack([fx, fy, fz], axis=-1)
+    xyz = np.where(f > 0.2068966, f**3, (f - 16.0 / 116.0) / _KAPPA) * WHITE_D65.astype(np.float32)
+    rgb = _linear_to_srgb(xyz @ RGB_FROM_XYZ.T.astype(np.float32))
+    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+
+
+def lab_to_rgb_uint8(lab: np.ndarray) -> np.ndarray:
+    return np.round(lab_to_rgb(lab) * 255.0).astype(np.uint8)
+
+
+def normalize_L(L: np.ndarray) -> np.ndarray:
+    return L / L_SCALE - L_SHIFT
+
+
+def denormalize_L(L_norm: np.ndarray) -> np.ndarray:
+    return (L_norm + L_SHIFT) * L_SCALE
+
+
+def normalize_ab(ab: np.ndarray) -> np.ndarray:
+    return ab / AB_SCALE
+
+
+def denormalize_ab(ab_norm: np.ndarray) -> np.ndarray:
+    return ab_norm * AB_SCALE
+
+
+def mean_chroma(rgb: np.ndarray) -> float:
+    """Mean sqrt(a*^2 + b*^2) of an image: near 0 for a greyscale photo."""
+    lab = rgb_to_lab(rgb)
+    return float(np.hypot(lab[..., 1], lab[..., 2]).mean())

@@ -1,0 +1,239 @@
+"""Where photos come from: bundled samples, the user's folder, archives in it, and URL lists.
+
+Each source yields `Candidate`s (a display path and a way to read the bytes) or `Rejected`s (a
+path and why it was refused before decoding). Archives are read member by member as streams of
+regular files, never extracted, and bounded against zip bombs and path tricks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import stat
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from colorizer.files import atomic_write_bytes
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
+URL_LIST_SUFFIX = ".urls"
+
+# Natural colour photos shipped inside installed packages (the offline default). Greyscale,
+# synthetic and texture images in the same folders (camera, coins, brick, color.png, ...) are left
+# out, and so is motorcycle_right: it is the stereo twin of motorcycle_left and would leak across splits.
+BUNDLED_SAMPLES = (
+    ("skimage", "data/astronaut.png"),
+    ("skimage", "data/chelsea.png"),
+    ("skimage", "data/coffee.png"),
+    ("skimage", "data/rocket.jpg"),
+    ("skimage", "data/motorcycle_left.png"),
+    ("skimage", "data/hubble_deep_field.jpg"),
+    ("skimage", "data/ihc.png"),
+    ("skimage", "data/retina.jpg"),
+    ("sklearn", "datasets/images/china.jpg"),
+    ("sklearn", "datasets/images/flower.jpg"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: str  # where it came from, for people: "data/a.zip!photos/x.jpg"
+    read: Callable[[], bytes]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    path: str
+    reason: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    max_members: int
+    max_member_bytes: int
+    max_total_bytes: int
+    max_ratio: float
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    cache_dir: Path
+    workers: int
+    timeout_seconds: float
+    retries: int
+    max_bytes: int
+
+
+def bundled_samples() -> Iterator[Candidate]:
+    """The sample photos of whichever of scikit-image, scikit-learn, matplotlib are installed."""
+    for package, relative in BUNDLED_SAMPLES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        path = Path(next(iter(spec.submodule_search_locations))) / relative
+        if path.is_file():
+            yield Candidate(f"samples:{package}/{relative}", path.read_bytes)
+
+
+def folder_candidates(
+    root: Path, limits: ArchiveLimits, download: DownloadSettings
+) -> Iterator[Candidate | Rejected]:
+    """Every file under `root` (sorted, recursive): images, archive members, URL-list entries."""
+    for path in sorted(p for p in root.rglob("*") if not _is_hidden(p.relative_to(root))):
+        shown = path.as_posix()
+        if path.is_symlink():
+            yield Rejected(shown, "link", "symbolic links are not followed")
+        elif not path.is_file():
+            continue
+        elif path.name.lower().endswith(ARCHIVE_SUFFIXES):
+            yield from archive_candidates(path, limits)
+        elif path.name.lower().endswith(URL_LIST_SUFFIX):
+            yield from url_candidates(path, download)
+        else:
+            yield Candidate(shown, path.read_bytes)
+
+
+def _is_hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def unsafe_member_reason(name: str) -> str | None:
+    """Why an archive member name could escape the folder it is read into, or None."""
+    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        return "unsafe path (absolute)"
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        return "unsafe path (..)"
+    return None
+
+
+def archive_candidates(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Rejected]:
+    try:
+        if path.name.lower().endswith(".zip"):
+            yield from _zip_members(path, limits)
+        else:
+            yield from _tar_members(path, limits)
+    except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as e:
+        yield Rejected(path.as_posix(), "bad archive", str(e))
+
+
+def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Rejected]:
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for count, info in enumerate(archive.infolist()):
+            shown = f"{path.as_posix()}!{info.filename}"
+            if count >= limits.max_members:
+                yield Rejected(path.as_posix(), "archive limit", f"more than {limits.max_members} members")
+                return
+            if info.is_dir():
+                continue
+            unix_mode = info.external_attr >> 16
+            reason = unsafe_member_reason(info.filename)
+            if reason is None and (stat.S_ISLNK(unix_mode) or (unix_mode and not stat.S_ISREG(unix_mode))):
+                reason = "link or special file"
+            if reason is None:
+                reason = _size_reason(info.file_size, info.compress_size, total, limits)
+            if reason:
+                yield Rejected(shown, reason)
+                continue
+            total += info.file_size
+            data = _read_bounded(lambda info=info: archive.open(info), limits.max_member_bytes)
+            yield _member(shown, data)
+
+
+def _tar_members(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Rejected]:
+    # Streamed (`for member in archive`), members read with extractfile(): nothing is extracted, so
+    # tarfile's extraction filters (and their bypasses fixed after Python 3.11.7) never come into play.
+    total, packed_bytes = 0, path.stat().st_size
+    with tarfile.open(path, mode="r:*") as archive:
+        for count, member in enumerate(archive):
+            shown = f"{path.as_posix()}!{member.name}"
+            if count >= limits.max_members:
+                yield Rejected(path.as_posix(), "archive limit", f"more than {limits.max_members} members")
+                return
+            if member.isdir():
+                continue
+            reason = unsafe_member_reason(member.name)
+            if reason is None and not member.isreg():
+                reason = "link or special file"
+            if reason is None:
+                reason = _size_reason(member.size, None, total, limits)
+            if reason is None and total + member.size > limits.max_ratio * packed_bytes:
+                reason = "archive limit"  # the whole archive inflates too much: a bomb
+            if reason:
+                yield Rejected(shown, reason)
+                continue
+            total += member.size
+            data = _read_bounded(lambda member=member: archive.extractfile(member), limits.max_member_bytes)
+            yield _member(shown, data)
+
+
+def _size_reason(size: int, compressed: int | None, total: int, limits: ArchiveLimits) -> str | None:
+    if size > limits.max_member_bytes:
+        return "archive limit"
+    if total + size > limits.max_total_bytes:
+        return "archive limit"
+    if compressed is not None and size > 1024 and size > limits.max_ratio * max(compressed, 1):
+        return "archive limit"
+    return None
+
+
+def _read_bounded(open_stream: Callable, max_bytes: int) -> bytes | None:
+    """Read at most max_bytes (+1 to notice a header that lied about the size)."""
+    with open_stream() as stream:
+        data = stream.read(max_bytes + 1)
+    return None if len(data) > max_bytes else data
+
+
+def _member(shown: str, data: bytes | None) -> Candidate | Rejected:
+    if data is None:
+        return Rejected(shown, "archive limit", "member larger than its header says")
+    return Candidate(shown, lambda data=data: data)
+
+
+def url_candidates(path: Path, settings: DownloadSettings) -> Iterator[Candidate | Rejected]:
+    """Download every http(s) URL listed in a `.urls` file, in parallel, through an on-disk cache."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+    urls = [line for line in lines if line and not line.startswith("#")]
+    with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
+        results = pool.map(lambda url: _download_cached(url, settings), urls)
+        for url, (data, error) in zip(urls, results, strict=True):
+            shown = f"{path.as_posix()}!{url}"
+            if error:
+                yield Rejected(shown, "download failed", error)
+            else:
+                yield Candidate(shown, lambda data=data: data)
+
+
+def _download_cached(url: str, settings: DownloadSettings) -> tuple[bytes | None, str | None]:
+    if not url.lower().startswith(("http://", "https://")):
+        return None, "not an http(s) URL"
+    cached = settings.cache_dir / hashlib.sha256(url.encode()).hexdigest()
+    if cached.is_file():
+        return cached.read_bytes(), None
+    error = "no attempt"
+    for attempt in range(settings.retries + 1):
+        if attempt:
+            time.sleep(min(0.5 * 2**attempt, 5.0))
+        try:
+            with urllib.request.urlopen(url, timeout=settings.timeout_seconds) as response:
+                data = response.read(settings.max_bytes + 1)
+            if len(data) > settings.max_bytes:
+                return None, f"larger than {settings.max_bytes} bytes"
+            atomic_write_bytes(cached, data)
+            return data, None
+        except urllib.error.HTTPError as e:
+            error = f"HTTP {e.code}"
+            if 400 <= e.code < 500 and e.code not in (408, 429):
+                return None, error  # a client error will not heal on retry
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            error = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+    return None, error
