@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments) in COMMANDS.items():
         child = sub.add_parser(name, help=help_text, description=help_text)
-        child.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+        child.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
         add_arguments(child)
     return parser
 

@@ -48,8 +48,8 @@ class DownloadConfig(Section):
 
 class FetchConfig(Section):
     sources: list[Literal["samples", "data"]] = Field(default_factory=lambda: ["samples", "data"], min_length=1)
-    formats: list[Literal["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "MPO"]] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "MPO"], min_length=1
+    formats: list[Literal["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF"]] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF"], min_length=1
     )
     min_side: int = Field(64, gt=0)
     max_pixels: int = Field(100_000_000, gt=0)

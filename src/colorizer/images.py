@@ -18,7 +18,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from colorizer.lab import mean_chroma
 
 # Formats we open; everything else is "not an image" even if some Pillow plugin could read it.
-DEFAULT_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF", "MPO")
+DEFAULT_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF")
 _SRGB_PROFILE = ImageCms.createProfile("sRGB")
 
 

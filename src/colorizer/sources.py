@@ -135,9 +135,9 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Reje
                 return
             if info.is_dir():
                 continue
-            unix_mode = info.external_attr >> 16
+            file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip tool recorded no type
             reason = unsafe_member_reason(info.filename)
-            if reason is None and (stat.S_ISLNK(unix_mode) or (unix_mode and not stat.S_ISREG(unix_mode))):
+            if reason is None and file_type not in (0, stat.S_IFREG):
                 reason = "link or special file"
             if reason is None:
                 reason = _size_reason(info.file_size, info.compress_size, total, limits)

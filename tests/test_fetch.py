@@ -1,0 +1,71 @@
+import zipfile
+
+import pandas as pd
+import pytest
+
+from colorizer.config import FetchConfig, SplitConfig
+from colorizer.fetch import MANIFEST_COLUMNS, fetch, split_for
+from tests.conftest import colourful, encode
+
+
+def run_fetch(tmp_path, data, **overrides):
+    cfg = FetchConfig(sources=["data"], min_side=32, **overrides)
+    out = tmp_path / "out"
+    summary = fetch(cfg, data, out, tmp_path / "cache", tmp_path / "summary.json", workers=2)
+    return summary, pd.read_parquet(out / "manifest.parquet"), out
+
+
+def test_manifest_rows_reasons_and_outputs(tmp_path):
+    data = tmp_path / "data"
+    (data / "nested" / "deeper").mkdir(parents=True)
+    (data / "nested" / "deeper" / "a.png").write_bytes(encode(colourful(seed=1)))
+    (data / "b.jpg").write_bytes(encode(colourful(seed=2), "JPEG", quality=95))
+    (data / "copy of a.png").write_bytes(encode(colourful(seed=1)))  # same pixels as a.png
+    (data / "empty.jpg").write_bytes(b"")
+    (data / "notes.txt").write_text("not a photo")
+    (data / "tiny.png").write_bytes(encode(colourful(20, 20)))
+    with zipfile.ZipFile(data / "more.zip", "w") as archive:
+        archive.writestr("c.png", encode(colourful(seed=3)))
+        archive.writestr("../evil.png", encode(colourful(seed=4)))
+
+    summary, manifest, out = run_fetch(tmp_path, data)
+
+    assert list(manifest.columns) == MANIFEST_COLUMNS
+    reasons = dict(zip(manifest.path.str.rsplit("/", n=1).str[-1], manifest.reason, strict=True))
+    assert reasons["empty.jpg"] == "empty file"
+    assert reasons["notes.txt"] == "not an image"
+    assert reasons["tiny.png"] == "too small"
+    # files are walked in sorted order, so "copy of a.png" comes first and nested/deeper/a.png is the copy
+    assert reasons["copy of a.png"] == "" and reasons["a.png"] == "duplicate"
+    assert manifest.loc[manifest.reason == "duplicate", "detail"].item().endswith("copy of a.png")
+    assert reasons["evil.png"] == "unsafe path (..)"
+    assert summary["ok"] == 3 and summary["candidates"] == 8
+    assert summary["reasons"] == {"duplicate": 1, "empty file": 1, "not an image": 1, "too small": 1,
+                                  "unsafe path (..)": 1}
+    ok = manifest[manifest.status == "ok"]
+    assert set(ok.split) <= {"train", "val", "test"} and ok.split.notna().all()
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(ok.file)
+    assert (ok.width == 96).all() and (ok.height == 80).all() and set(ok["mode"]) == {"RGB"}
+
+
+def test_splits_do_not_move_when_photos_are_added(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for seed in range(12):
+        (data / f"{seed}.png").write_bytes(encode(colourful(seed=seed)))
+    _, before, _ = run_fetch(tmp_path, data, split=SplitConfig(val=0.3, test=0.3))
+    for seed in range(12, 30):
+        (data / f"{seed}.png").write_bytes(encode(colourful(seed=seed)))
+    _, after, _ = run_fetch(tmp_path, data, split=SplitConfig(val=0.3, test=0.3))
+    merged = before.merge(after, on="id", suffixes=("_before", "_after"))
+    assert len(merged) == 12
+    assert (merged.split_before == merged.split_after).all()
+    assert set(after.split) == {"train", "val", "test"}
+    assert after.groupby("id").split.nunique().max() == 1  # one split per photo
+
+
+@pytest.mark.parametrize("image_id", ["0" * 32, "f" * 32, "7" + "0" * 31])
+def test_split_for_is_a_function_of_the_hash(image_id):
+    split = SplitConfig(val=0.1, test=0.1)
+    assert split_for(image_id, split) == split_for(image_id, split)
+    assert split_for("0" * 32, split) == "val" and split_for("f" * 32, split) == "train"

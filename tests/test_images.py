@@ -1,0 +1,156 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from colorizer.images import RejectedImage, content_id, decode, reject_reason
+from colorizer.lab import rgb_to_lab
+from tests.conftest import colourful, encode
+
+BIG = 10_000_000
+
+
+def reason_of(data: bytes, max_pixels: int = BIG, **kwargs) -> str:
+    with pytest.raises(RejectedImage) as caught:
+        decode(data, max_pixels, **kwargs)
+    return caught.value.reason
+
+
+# ---- bad inputs: each has its own reason -------------------------------------------------------------
+
+def test_zero_bytes():
+    assert reason_of(b"") == "empty file"
+
+
+def test_not_an_image():
+    assert reason_of(b"this is a text file, not a photo\n" * 10) == "not an image"
+
+
+def test_truncated_jpeg(photo):
+    data = encode(photo, "JPEG")
+    assert reason_of(data[: len(data) // 2]) == "truncated"
+
+
+def test_truncated_png(photo):
+    data = encode(photo, "PNG")
+    assert reason_of(data[: len(data) - 200]) in ("truncated", "corrupt")
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    data = encode(np.zeros((400, 500, 3), np.uint8), "PNG")
+    assert reason_of(data, max_pixels=100_000) == "decompression bomb"
+
+
+def test_format_outside_the_allow_list(photo):
+    assert reason_of(encode(photo, "PPM")) == "not an image"
+    assert reason_of(encode(photo, "PNG"), formats=("JPEG",)) == "not an image"
+
+
+def test_too_small_and_near_greyscale(photo):
+    small = decode(encode(colourful(40, 30)), BIG)
+    assert reject_reason(small, min_side=64, min_chroma=3.0) == "too small"
+    grey = np.repeat(photo.mean(axis=2, keepdims=True).astype(np.uint8), 3, axis=2)
+    assert reject_reason(decode(encode(grey), BIG), min_side=16, min_chroma=3.0) == "near-greyscale"
+    assert reject_reason(decode(encode(photo), BIG), min_side=16, min_chroma=3.0) is None
+
+
+# ---- mode conversions ---------------------------------------------------------------------------------
+
+def test_rgb_png_is_lossless(photo):
+    decoded = decode(encode(photo), BIG)
+    assert decoded.mode == "RGB" and decoded.format == "PNG"
+    np.testing.assert_array_equal(decoded.rgb, photo)
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped():
+    ramp = (np.linspace(0, 65535, 256, dtype=np.float64)[None, :].repeat(8, 0)).astype(np.uint16)
+    image = Image.fromarray(ramp)  # mode I;16
+    decoded = decode(encode(image), BIG)
+    assert decoded.mode.startswith("I")
+    expected = np.round(ramp / 257.0).astype(np.uint8)
+    np.testing.assert_array_equal(decoded.rgb[..., 0], expected)
+    assert decoded.rgb[..., 0].min() == 0 and decoded.rgb[..., 0].max() == 255
+    assert (decoded.rgb[..., 0] < 255).mean() > 0.9  # Pillow's convert("L") would make most of it white
+
+
+def test_palette_with_transparency_is_composited_on_white():
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([255, 0, 0, 0, 0, 255] + [0] * 762)
+    image.paste(1, (0, 0, 4, 8))
+    image.info["transparency"] = 1
+    decoded = decode(encode(image, transparency=1), BIG)
+    assert decoded.mode == "P"
+    assert tuple(decoded.rgb[0, 0]) == (255, 255, 255)  # the transparent half is white
+    assert tuple(decoded.rgb[0, 7]) == (255, 0, 0)
+    assert decoded.alpha is not None and decoded.alpha[0, 0] == 0
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_composited_on_white(mode):
+    rgba = np.zeros((6, 6, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 0
+    rgba[:, 3:, 3] = 255
+    image = Image.fromarray(rgba, "RGBA").convert(mode)
+    decoded = decode(encode(image), BIG)
+    assert decoded.rgb[0, 0].tolist() == [255, 255, 255]
+    assert decoded.rgb[0, 5].min() < 255
+
+
+def test_greyscale_becomes_three_equal_channels():
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    decoded = decode(encode(grey), BIG)
+    assert decoded.rgb.shape == (8, 8, 3)
+    assert (decoded.rgb == grey[..., None]).all()
+
+
+def test_cmyk_without_profile_converts():
+    image = Image.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure cyan-less red in CMYK terms
+    decoded = decode(encode(image, "JPEG"), BIG)
+    assert decoded.mode == "CMYK"
+    r, g, b = decoded.rgb[4, 4].astype(int)
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_cmyk_with_an_unusable_profile_falls_back_instead_of_failing():
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # wrong colour space for CMYK
+    image = Image.new("CMYK", (8, 8), (0, 255, 255, 0))
+    decoded = decode(encode(image, "JPEG", icc_profile=srgb), BIG)
+    assert decoded.rgb[4, 4, 0] > 200
+
+
+def test_rgb_with_srgb_profile_goes_through_the_profile(photo):
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    decoded = decode(encode(photo, "PNG", icc_profile=srgb), BIG)
+    assert decoded.icc_profile == srgb
+    assert np.abs(decoded.rgb.astype(int) - photo.astype(int)).max() <= 3
+
+
+def test_exif_orientation_is_applied():
+    image = Image.fromarray(colourful(60, 30))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    decoded = decode(encode(image, "JPEG", exif=exif.tobytes()), BIG)
+    assert decoded.rgb.shape[:2] == (60, 30)
+
+
+def test_first_frame_of_an_animated_gif():
+    frames = [Image.new("RGB", (16, 16), colour) for colour in [(255, 0, 0), (0, 0, 255)]]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
+    decoded = decode(buffer.getvalue(), BIG)
+    r, g, b = decoded.rgb[8, 8].astype(int)
+    assert r > 200 and b < 60
+
+
+def test_same_pixels_same_id_whatever_the_container(photo):
+    png, tiff = decode(encode(photo, "PNG"), BIG), decode(encode(photo, "TIFF"), BIG)
+    assert content_id(png.rgb) == content_id(tiff.rgb)
+    other = photo.copy()
+    other[0, 0, 0] ^= 1
+    assert content_id(other) != content_id(photo)
+
+
+def test_chroma_threshold_uses_lab_units(photo):
+    assert np.hypot(*rgb_to_lab(photo)[..., 1:].transpose(2, 0, 1)).mean() > 10

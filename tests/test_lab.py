@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+from skimage.color import lab2rgb, rgb2lab
+
+from colorizer.lab import (
+    denormalize_ab,
+    denormalize_L,
+    lab_to_rgb,
+    lab_to_rgb_uint8,
+    mean_chroma,
+    normalize_ab,
+    normalize_L,
+    rgb_to_lab,
+)
+
+ALL_RGB_SAMPLE = np.random.default_rng(0).integers(0, 256, (100_000, 3), dtype=np.uint8)
+
+
+def test_rgb_to_lab_matches_scikit_image():
+    ours = rgb_to_lab(ALL_RGB_SAMPLE)
+    reference = rgb2lab(ALL_RGB_SAMPLE[None])[0]
+    # float32 against scikit-image's float64: the max abs error is about 1e-4 Lab units.
+    assert np.abs(ours - reference).max() < 5e-4
+
+
+def test_lab_to_rgb_matches_scikit_image():
+    lab = rgb2lab(ALL_RGB_SAMPLE[None])[0]
+    assert np.abs(lab_to_rgb(lab) - lab2rgb(lab[None])[0]).max() < 1e-4
+
+
+def test_out_of_gamut_lab_is_clipped_like_scikit_image():
+    lab = np.array([[50.0, 120.0, -120.0], [90.0, -100.0, 100.0], [2.0, 80.0, 80.0]])
+    ours = lab_to_rgb(lab)
+    assert ours.min() >= 0 and ours.max() <= 1
+    assert np.abs(ours - lab2rgb(lab[None])[0]).max() < 1e-4
+
+
+def test_uint8_round_trip_within_one_level():
+    back = lab_to_rgb_uint8(rgb_to_lab(ALL_RGB_SAMPLE))
+    assert np.abs(back.astype(int) - ALL_RGB_SAMPLE.astype(int)).max() <= 1
+
+
+def test_known_values():
+    lab = rgb_to_lab(np.array([[255, 255, 255], [0, 0, 0], [255, 0, 0]], dtype=np.uint8))
+    np.testing.assert_allclose(lab[0], [100, 0, 0], atol=0.01)
+    np.testing.assert_allclose(lab[1], [0, 0, 0], atol=0.01)
+    np.testing.assert_allclose(lab[2], [53.24, 80.09, 67.20], atol=0.05)  # the textbook sRGB red
+
+
+@pytest.mark.parametrize("value", [0.0, 37.5, 100.0])
+def test_normalisation_round_trips(value):
+    assert normalize_L(np.float32(0.0)) == -1 and normalize_L(np.float32(100.0)) == 1
+    assert denormalize_L(normalize_L(np.float32(value))) == pytest.approx(value)
+    assert denormalize_ab(normalize_ab(np.float32(value - 50))) == pytest.approx(value - 50)
+
+
+def test_mean_chroma_is_zero_for_grey_and_large_for_colour():
+    grey = np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], 3, axis=2)
+    assert mean_chroma(grey) < 0.01
+    assert mean_chroma(np.full((4, 4, 3), (255, 0, 0), np.uint8)) > 100

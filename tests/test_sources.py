@@ -1,0 +1,179 @@
+import io
+import os
+import tarfile
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from colorizer.sources import (
+    ArchiveLimits,
+    Candidate,
+    DownloadSettings,
+    Rejected,
+    archive_candidates,
+    bundled_samples,
+    folder_candidates,
+    unsafe_member_reason,
+    url_candidates,
+)
+from tests.conftest import colourful, encode
+
+LIMITS = ArchiveLimits(max_members=100, max_member_bytes=5_000_000, max_total_bytes=50_000_000, max_ratio=100.0)
+
+
+def by_path(items):
+    return {item.path.split("!")[-1]: item for item in items}
+
+
+def test_bundled_samples_are_found_offline():
+    samples = list(bundled_samples())
+    assert len(samples) >= 8
+    assert all(s.read()[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1", b"\xff\xd8\xff\xdb")
+               or s.read()[:2] == b"\xff\xd8" for s in samples)
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("/etc/passwd", "unsafe path (absolute)"), ("../evil.png", "unsafe path (..)"),
+     ("a/../../evil.png", "unsafe path (..)"), ("C:/x.png", "unsafe path (absolute)"),
+     ("ok/photo.png", None)],
+)
+def test_unsafe_member_names(name, reason):
+    assert unsafe_member_reason(name) == reason
+
+
+def test_zip_members_are_read_and_traversal_refused(tmp_path):
+    path = tmp_path / "photos.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("nested/good.png", encode(colourful()))
+        archive.writestr("../escape.png", encode(colourful()))
+        archive.writestr("/abs.png", encode(colourful()))
+        link = zipfile.ZipInfo("link.png")
+        link.external_attr = (0o120777 << 16)  # a symlink entry
+        archive.writestr(link, "/etc/passwd")
+    items = by_path(archive_candidates(path, LIMITS))
+    assert isinstance(items["nested/good.png"], Candidate)
+    assert items["../escape.png"].reason == "unsafe path (..)"
+    assert items["/abs.png"].reason == "unsafe path (absolute)"
+    assert items["link.png"].reason == "link or special file"
+    assert not (tmp_path.parent / "escape.png").exists()
+
+
+def test_zip_bomb_is_bounded(tmp_path):
+    path = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.png", b"\0" * 3_000_000)
+    [item] = archive_candidates(path, LIMITS)
+    assert isinstance(item, Rejected) and item.reason == "archive limit"
+
+
+def test_too_many_members(tmp_path):
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for i in range(5):
+            archive.writestr(f"{i}.png", encode(colourful(8, 8)))
+    limits = ArchiveLimits(max_members=3, max_member_bytes=10**6, max_total_bytes=10**8, max_ratio=100.0)
+    items = list(archive_candidates(path, limits))
+    assert sum(isinstance(i, Candidate) for i in items) == 3
+    assert items[-1].reason == "archive limit"
+
+
+@pytest.mark.parametrize("suffix,mode", [(".tar", "w"), (".tar.gz", "w:gz")])
+def test_tar_members_links_devices_and_traversal(tmp_path, suffix, mode):
+    path = tmp_path / f"photos{suffix}"
+    good = encode(colourful())
+    with tarfile.open(path, mode) as archive:
+        def add(name, data=b"", kind=tarfile.REGTYPE, linkname=""):
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.linkname = kind, len(data), linkname
+            archive.addfile(info, io.BytesIO(data) if data else None)
+        add("dir/good.png", good)
+        add("../up.png", good)
+        add("/abs.png", good)
+        add("sym.png", kind=tarfile.SYMTYPE, linkname="/etc/passwd")
+        add("hard.png", kind=tarfile.LNKTYPE, linkname="dir/good.png")
+        add("dev", kind=tarfile.CHRTYPE)
+        add("fifo", kind=tarfile.FIFOTYPE)
+    items = by_path(archive_candidates(path, LIMITS))
+    assert items["dir/good.png"].read() == good
+    assert items["../up.png"].reason == "unsafe path (..)"
+    assert items["/abs.png"].reason == "unsafe path (absolute)"
+    for name in ("sym.png", "hard.png", "dev", "fifo"):
+        assert items[name].reason == "link or special file", name
+    assert sorted(os.listdir(tmp_path)) == [path.name]  # nothing was extracted
+
+
+def test_corrupt_archive_is_one_rejected_row(tmp_path):
+    path = tmp_path / "broken.zip"
+    path.write_bytes(b"PK\x03\x04 definitely not a zip")
+    [item] = archive_candidates(path, LIMITS)
+    assert item.reason == "bad archive"
+
+
+def test_folder_walk_is_recursive_and_skips_links(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "deep.png").write_bytes(encode(colourful()))
+    (tmp_path / "top.jpg").write_bytes(encode(colourful(), "JPEG"))
+    (tmp_path / ".hidden.png").write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(tmp_path / "top.jpg")
+    settings = DownloadSettings(tmp_path / "cache", 1, 1.0, 0, 10**6)
+    items = list(folder_candidates(tmp_path, LIMITS, settings))
+    names = {i.path.rsplit("/", 1)[-1]: i for i in items}
+    assert set(names) == {"deep.png", "top.jpg", "link.png"}
+    assert names["link.png"].reason == "link"
+
+
+class _PhotoServer(BaseHTTPRequestHandler):
+    hits: dict = {}
+    payload = b""
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        _PhotoServer.hits[self.path] = _PhotoServer.hits.get(self.path, 0) + 1
+        if self.path == "/slow.png":
+            time.sleep(2.0)
+        if self.path == "/flaky.png" and _PhotoServer.hits[self.path] == 1:
+            self.send_error(503)
+            return
+        if self.path in ("/photo.png", "/slow.png", "/flaky.png"):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.payload)))
+            self.end_headers()
+            self.wfile.write(self.payload)
+        else:
+            self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def photo_server():
+    _PhotoServer.hits = {}
+    _PhotoServer.payload = encode(colourful())
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PhotoServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_url_list_with_failures_retries_and_cache(tmp_path, photo_server):
+    listing = tmp_path / "photos.urls"
+    urls = ["/photo.png", "/missing.png", "/slow.png", "/flaky.png"]
+    listing.write_text("# my photos\n" + "\n".join(photo_server + u for u in urls) + "\nftp://nope/x.png\n")
+    settings = DownloadSettings(tmp_path / "cache", workers=4, timeout_seconds=0.5, retries=1, max_bytes=10**6)
+    items = {i.path.rsplit("/", 1)[-1]: i for i in url_candidates(listing, settings)}
+    assert items["photo.png"].read() == _PhotoServer.payload
+    assert items["flaky.png"].read() == _PhotoServer.payload  # 503 then 200: retried
+    assert items["missing.png"].detail == "HTTP 404" and _PhotoServer.hits["/missing.png"] == 1  # no retry on 404
+    assert items["slow.png"].reason == "download failed" and "timed out" in items["slow.png"].detail.lower()
+    assert items["x.png"].detail == "not an http(s) URL"
+
+    before = dict(_PhotoServer.hits)
+    again = {i.path.rsplit("/", 1)[-1]: i for i in url_candidates(listing, settings)}
+    assert again["photo.png"].read() == _PhotoServer.payload
+    assert _PhotoServer.hits["/photo.png"] == before["/photo.png"]  # served from the cache
