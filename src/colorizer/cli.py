@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from colorizer.config import ConfigError, Params, load_params
+from colorizer.config import Params, UserError, load_params
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
 
@@ -68,6 +68,40 @@ def _run_shard(args: argparse.Namespace, params: Params) -> None:
     print(json.dumps({split: info["count"] for split, info in index["splits"].items()}))
 
 
+@command("train", "Train the GAN on the Lab shards (resumes from the last checkpoint) and export the generator.")
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", type=Path, default=Path("work/shards"))
+    parser.add_argument("--model", type=Path, default=Path("work/model"), help="where the generator is exported")
+    parser.add_argument("--state", type=Path, default=Path("work/train"), help="checkpoint and sample grids")
+    parser.add_argument("--plots", type=Path, default=Path("plots/train.csv"), help="per-epoch losses (DVC plots)")
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace, params: Params) -> None:
+    from colorizer.train import train
+
+    final = train(params, args.shards, args.model, args.state, args.plots, args.metrics)
+    print(json.dumps(final))
+
+
+@command("evaluate", "Score the trained generator and the greyscale baseline on val and test.")
+def _evaluate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=Path("work/model"))
+    parser.add_argument("--shards", type=Path, default=Path("work/shards"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/evaluate.json"))
+    parser.add_argument("--per-image", type=Path, default=Path("work/evaluate/per_image.csv"))
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace, params: Params) -> None:
+    from colorizer.evaluate import evaluate
+
+    summary = evaluate(args.model, args.shards, args.metrics, args.per_image, params.evaluate.batch_size,
+                       params.train.l1_lambda, params.evaluate.device)
+    print(json.dumps(summary))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colorizer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -83,12 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         params = load_params(args.params) if args.params else Params()
         args.run(args, params)
-    except ConfigError as e:
+    except (UserError, FileNotFoundError) as e:
         print(f"colorizer {args.command}: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
-        print(f"colorizer {args.command}: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"colorizer {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,7 +1,8 @@
 """The one typed config: mirrors params.yaml, validated once when a stage starts.
 
 An unknown key, a wrong type or an impossible value stops the stage with one line naming the key
-(`ConfigError`), before any work is done.
+(`ConfigError`), before any work is done. Every section lives here (not beside its code, as
+nanoGPT's GPTConfig does) so that the data stages can validate params without importing torch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """A mistake the user can fix (bad params, missing input): the CLI prints it as one line, no traceback."""
+
+
+class ConfigError(UserError, ValueError):
     """A bad params.yaml; the message is one line that names the key."""
 
 
@@ -85,11 +90,54 @@ class ShardConfig(Section):
     images_per_shard: int = Field(1024, gt=0)
 
 
+PIX2PIX_WIDTHS = [64, 128, 256, 512, 512, 512, 512, 512]
+
+
+class ModelConfig(Section):
+    """Widths of both networks; `width_multiplier` scales them all (0.25 turns 64..512 into 16..128)."""
+
+    generator_widths: list[int] = Field(default_factory=lambda: list(PIX2PIX_WIDTHS), min_length=1)
+    discriminator_widths: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1)
+    width_multiplier: float = Field(1.0, gt=0.0, le=8.0)
+
+    @model_validator(mode="after")
+    def _positive(self) -> ModelConfig:
+        if min(self.generator_widths + self.discriminator_widths) <= 0:
+            raise ValueError("every width must be a positive integer")
+        return self
+
+    def scaled(self, widths: list[int]) -> list[int]:
+        return [max(1, round(w * self.width_multiplier)) for w in widths]
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, gt=0)
+    batch_size: int = Field(16, gt=1)  # BatchNorm needs more than one image
+    lr: float = Field(2.0e-4, gt=0.0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    l1_lambda: float = Field(100.0, ge=0.0)
+    l1_warmup_epochs: int = Field(0, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+    device: str = "auto"
+    threads: int = Field(0, ge=0)  # 0: torch's default (one per core)
+    loader_workers: int = Field(0, ge=0)
+    sample_count: int = Field(7, gt=0)
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(32, gt=0)
+    device: str = "auto"
+
+
 class Params(Section):
     seed: int = 0
     fetch: FetchConfig = FetchConfig()
     augment: AugmentConfig = AugmentConfig()
     shard: ShardConfig = ShardConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

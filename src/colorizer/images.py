@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
+from colorizer.files import atomic_write_bytes
 from colorizer.lab import mean_chroma
 
 # Formats we open; everything else is "not an image" even if some Pillow plugin could read it.
@@ -148,3 +149,7 @@ def read_rgb(path: Path) -> np.ndarray:
     """One of our own normalised PNGs (written by fetch) -> (H, W, 3) uint8."""
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def save_png(path: Path, rgb: np.ndarray) -> None:
+    atomic_write_bytes(path, encode_png(rgb))

@@ -81,6 +81,9 @@ class LabShardDataset(Dataset):
         L, ab = self.get_batch(np.array([i]))
         return L[0], ab[0]
 
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.get_batch(np.asarray(indices))  # DataLoader's batched fetch: one call per batch
+
     def get_batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         indices = np.asarray(indices)
         lab = np.empty((len(indices), 3, self.image_size, self.image_size), dtype=np.float32)

@@ -1,0 +1,109 @@
+"""Training checkpoints (resume) and the exported generator (what `colorize` loads).
+
+Both are loaded without unrestricted pickle: checkpoints with `torch.load(weights_only=True)`,
+the generator from safetensors plus a small JSON that says how to rebuild it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from colorizer.config import UserError
+from colorizer.files import atomic_path, atomic_write_json
+from colorizer.lab import AB_SCALE, L_SCALE, L_SHIFT
+from colorizer.models import Discriminator, Generator
+
+CHECKPOINT_FORMAT = 1
+GENERATOR_FILE, DISCRIMINATOR_FILE, MODEL_INFO_FILE = "generator.safetensors", "discriminator.safetensors", "model.json"
+
+
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint or model file that can't be used; the message says which file and what to do."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a damaged zip/pickle stream
+        raise CheckpointError(
+            f"{path}: corrupt or not a checkpoint ({type(e).__name__}: {str(e)[:120]}); delete it to start over"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT}; delete it to start over")
+    return state
+
+
+def load_into(module: torch.nn.Module, state_dict: dict, source: Path | str) -> None:
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as e:
+        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
+        raise CheckpointError(f"{source}: does not fit the model in params ({first[:160]}); delete it to start over") \
+            from None
+
+
+def export_model(out_dir: Path, generator: Generator, discriminator: Discriminator, info: dict[str, Any]) -> dict:
+    """Write the generator (+ discriminator, for evaluation) and model.json; returns model.json's content."""
+    generator_path = out_dir / GENERATOR_FILE
+    for module, path in ((generator, generator_path), (discriminator, out_dir / DISCRIMINATOR_FILE)):
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, str(tmp))
+    info = {
+        **info,
+        "generator_widths": generator.widths,
+        "discriminator_widths": [block.conv.out_channels for block in discriminator.blocks],
+        "image_size": generator.image_size,
+        "lab": {"L_scale": L_SCALE, "L_shift": L_SHIFT, "ab_scale": AB_SCALE},
+        "model_sha256": hashlib.sha256(generator_path.read_bytes()).hexdigest(),
+    }
+    atomic_write_json(out_dir / MODEL_INFO_FILE, info)
+    return info
+
+
+def read_model_info(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / MODEL_INFO_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no trained model here (run `dvc repro train` or pass --model)")
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    lab = info.get("lab", {})
+    if (lab.get("L_scale"), lab.get("L_shift"), lab.get("ab_scale")) != (L_SCALE, L_SHIFT, AB_SCALE):
+        raise CheckpointError(f"{path}: trained with another Lab normalisation ({lab}); retrain it with this version")
+    return info
+
+
+def load_generator(model_dir: Path) -> tuple[Generator, dict[str, Any]]:
+    info = read_model_info(model_dir)
+    generator = Generator(info["generator_widths"], info["image_size"])
+    load_into(generator, _load_safetensors(Path(model_dir) / GENERATOR_FILE), Path(model_dir) / GENERATOR_FILE)
+    return generator.eval(), info
+
+
+def load_discriminator(model_dir: Path) -> Discriminator:
+    info = read_model_info(model_dir)
+    discriminator = Discriminator(info["discriminator_widths"])
+    path = Path(model_dir) / DISCRIMINATOR_FILE
+    load_into(discriminator, _load_safetensors(path), path)
+    return discriminator.eval()
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: cannot read model weights ({e})") from None

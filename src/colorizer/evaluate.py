@@ -1,0 +1,84 @@
+"""The evaluate stage: the trained generator against the greyscale baseline (a*b* = 0) on val and test.
+
+Writes DVC metrics (JSON, means per split and method), a per-image CSV, and the same means to the
+training run in MLflow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from colorizer import tracking
+from colorizer.checkpoints import load_discriminator, load_generator
+from colorizer.files import atomic_path, atomic_write_json, progress
+from colorizer.metrics import adversarial_bce_per_image, colourfulness, gan_loss, l1_lab_units, l1_per_image, psnr, ssim
+from colorizer.shards import LabShardDataset
+from colorizer.train import pick_device
+from colorizer.visualize import lab_batch_to_rgb
+
+METHODS = ("model", "baseline")
+SPLITS = ("val", "test")
+
+
+@torch.no_grad()
+def score_batch(generator, discriminator, L: torch.Tensor, ab: torch.Tensor, l1_lambda: float) -> list[dict]:
+    """Per-image metrics for the model and the greyscale baseline on one batch (CPU tensors)."""
+    device = next(generator.parameters()).device
+    true_rgb = lab_batch_to_rgb(L, ab)
+    predictions = {"model": generator(L.to(device)).float().cpu(), "baseline": torch.zeros_like(ab)}
+    rows = []
+    for method, pred in predictions.items():
+        l1 = l1_per_image(pred, ab)
+        bce = adversarial_bce_per_image(discriminator(torch.cat([L, pred], dim=1).to(device)).cpu())
+        total = gan_loss(bce, l1, l1_lambda)
+        pred_rgb = lab_batch_to_rgb(L, pred)
+        for i in range(len(L)):
+            cf_pred, cf_true = colourfulness(pred_rgb[i]), colourfulness(true_rgb[i])
+            rows.append({
+                "method": method, "l1": float(l1[i]), "l1_lab": l1_lab_units(float(l1[i])),
+                "gan_loss": float(total[i]), "psnr": psnr(pred_rgb[i], true_rgb[i]), "ssim": ssim(pred_rgb[i], true_rgb[i]),
+                "colourfulness": cf_pred, "colourfulness_original": cf_true, "colourfulness_gap": abs(cf_pred - cf_true),
+            })
+    return rows
+
+
+def evaluate(model_dir: Path, shard_dir: Path, metrics_path: Path, per_image_path: Path, batch_size: int,
+             l1_lambda: float, device_name: str = "auto") -> dict:
+    device = pick_device(device_name)
+    generator, info = load_generator(model_dir)
+    generator, discriminator = generator.to(device), load_discriminator(model_dir).to(device)
+    frames = []
+    for split in SPLITS:
+        dataset = LabShardDataset(shard_dir, split)
+        for start in progress(range(0, len(dataset), batch_size), desc=f"evaluate {split}", unit="batch"):
+            picks = np.arange(start, min(start + batch_size, len(dataset)))
+            rows = score_batch(generator, discriminator, *dataset.get_batch(picks), l1_lambda)
+            frame = pd.DataFrame(rows)
+            frame.insert(0, "id", [dataset.ids[i] for i in picks] * len(METHODS))
+            frame.insert(0, "split", split)
+            frames.append(frame)
+    per_image = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["split", "id", "method"])
+    with atomic_path(per_image_path) as tmp:
+        per_image.to_csv(tmp, index=False)
+    summary = summarize(per_image)
+    atomic_write_json(metrics_path, summary)
+    if info.get("mlflow_run_id") and tracking.run_exists(info["mlflow_run_id"]):
+        flat = {f"eval_{k.replace('.', '_')}": v for k, v in tracking.flatten(summary).items() if k != "model_sha256"}
+        tracking.log_metrics({k: v for k, v in flat.items() if isinstance(v, float)}, run_id=info["mlflow_run_id"])
+        tracking.log_artifact(per_image_path, "evaluation", run_id=info["mlflow_run_id"])
+    return summary
+
+
+def summarize(per_image: pd.DataFrame) -> dict:
+    """{split: {method: {metric: mean}, images: n}}: the table `dvc exp show` lines up."""
+    summary: dict = {}
+    metric_columns = [c for c in per_image.columns if c not in ("split", "id", "method")]
+    for (split, method), group in per_image.groupby(["split", "method"]):
+        summary.setdefault(split, {"images": int(len(group))})[method] = {
+            column: round(float(group[column].mean()), 6) for column in metric_columns
+        }
+    return summary

@@ -1,0 +1,102 @@
+"""The design document's conditional GAN: ConvBlock, ConvTBlock, a UNet Generator, a PatchGAN Discriminator.
+
+The generator maps L (B, 1, H, W) to a*b* (B, 2, H, W) in [-1, 1]; the discriminator judges Lab
+(B, 3, H, W) with one logit per 16x16 patch, (B, 1, H/16, W/16).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from colorizer.config import ModelConfig
+
+
+class ConvBlock(nn.Module):
+    """conv 3x3 s1 p1 -> BatchNorm -> LeakyReLU(0.2) -> MaxPool 2x2: (B, Cin, H, W) -> (B, Cout, H/2, W/2)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+        self.pool = nn.MaxPool2d(2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.act(self.norm(self.conv(x))))
+
+
+class ConvTBlock(nn.Module):
+    """transposed conv 3x3 s1 p1 -> BatchNorm -> ReLU -> Upsample x2: (B, Cin, H, W) -> (B, Cout, 2H, 2W)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(in_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.norm(self.conv(x))))
+
+
+def generator_depth(widths: list[int], image_size: int) -> int:
+    """As many down-blocks as widths, but never below a 1x1 bottleneck."""
+    return min(len(widths), int(math.log2(image_size)))
+
+
+class Generator(nn.Module):
+    """UNet: ConvBlocks down, ConvTBlocks up; every decoder block after the first also takes the
+    matching encoder output (hence doubled input channels); a final conv 3x3 and tanh give a*b*."""
+
+    def __init__(self, widths: list[int], image_size: int):
+        super().__init__()
+        depth = generator_depth(widths, image_size)
+        if depth < 1:
+            raise ValueError(f"image_size {image_size} is too small for a UNet")
+        self.widths, self.image_size = list(widths[:depth]), image_size
+        w = self.widths
+        self.down = nn.ModuleList(ConvBlock(c_in, c_out) for c_in, c_out in zip([1] + w[:-1], w, strict=True))
+        # up[0] takes the bottleneck w[-1]; up[k] takes cat(up[k-1] output, encoder output of the same size)
+        outs = list(reversed(w[:-1])) + [w[0]]
+        ins = [w[-1]] + [2 * c for c in outs[:-1]]
+        self.up = nn.ModuleList(ConvTBlock(c_in, c_out) for c_in, c_out in zip(ins, outs, strict=True))
+        self.head = nn.Conv2d(outs[-1], 2, 3, stride=1, padding=1)
+
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        skips = []
+        x = L  # (B, 1, H, W)
+        for block in self.down:
+            x = block(x)  # (B, w_i, H / 2^(i+1), W / 2^(i+1))
+            skips.append(x)
+        skips.pop()  # the bottleneck feeds up[0] directly
+        for i, block in enumerate(self.up):
+            x = block(x if i == 0 else torch.cat([x, skips.pop()], dim=1))
+        return torch.tanh(self.head(x))  # (B, 2, H, W)
+
+
+class Discriminator(nn.Module):
+    """PatchGAN: ConvBlocks then a conv 3x3 to one logit per patch: (B, 3, H, W) -> (B, 1, H/2^n, W/2^n)."""
+
+    def __init__(self, widths: list[int]):
+        super().__init__()
+        ins = [3] + widths[:-1]
+        self.blocks = nn.Sequential(*(ConvBlock(c_in, c_out) for c_in, c_out in zip(ins, widths, strict=True)))
+        self.head = nn.Conv2d(widths[-1], 1, 3, stride=1, padding=1)
+
+    def forward(self, lab: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(lab))  # logits; BCEWithLogits is BCE on sigmoid, computed stably
+
+
+def build_generator(cfg: ModelConfig, image_size: int) -> Generator:
+    return Generator(cfg.scaled(cfg.generator_widths), image_size)
+
+
+def build_discriminator(cfg: ModelConfig) -> Discriminator:
+    return Discriminator(cfg.scaled(cfg.discriminator_widths))
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,176 @@
+"""MLflow and DVC outputs in one place: where runs go, what a run records, and how it ends.
+
+The default store is `sqlite:///<repo>/mlflow.db`; `<repo>` is DVC_ROOT when DVC runs the stage
+(for `dvc exp run --temp/--queue` that is the parent repository, not the temporary copy), so every
+experiment lands in the one store. MLFLOW_TRACKING_URI overrides it (a real server, say).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from colorizer.files import atomic_write_bytes
+
+EXPERIMENT_NAME = "colorizer"
+
+
+def repo_root() -> Path:
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"])
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True)
+        return Path(top.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return Path.cwd()
+
+
+# mlflow.set_tracking_uri() also exports MLFLOW_TRACKING_URI; remember the value we put there so that
+# it is not mistaken later for the user's choice (a test or a second stage with another DVC_ROOT).
+_default_uri_we_set: str | None = None
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def tracking_uri() -> str:
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env and from_env != _default_uri_we_set:
+        return from_env
+    return default_tracking_uri()
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _mlflow():
+    import mlflow  # slow to import: only stages that log pay for it
+
+    global _default_uri_we_set
+    uri = tracking_uri()
+    is_default = uri == default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if is_default:
+        _default_uri_we_set = uri
+    if mlflow.get_experiment_by_name(EXPERIMENT_NAME) is None:
+        # With the default SQLite store, artifacts go beside it in the repo (not in the working
+        # directory, which for `dvc exp run --temp` is a copy that is deleted afterwards).
+        local = (repo_root() / "mlartifacts").as_uri() if is_default else None
+        mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=local)
+    mlflow.set_experiment(EXPERIMENT_NAME)
+    return mlflow
+
+
+def run_tags() -> dict[str, str]:
+    tags = {"git_commit": git_commit() or "unknown"}
+    for env_name, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
+        if os.environ.get(env_name):
+            tags[tag] = os.environ[env_name]
+    return tags
+
+
+def run_exists(run_id: str | None) -> bool:
+    if not run_id:
+        return False
+    mlflow = _mlflow()
+    try:
+        mlflow.tracking.MlflowClient().get_run(run_id)
+        return True
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+@contextmanager
+def training_run(params: dict[str, Any], resume_run_id: str | None) -> Iterator[str]:
+    """Start (or continue) the MLflow run; it ends FINISHED, FAILED on an error, KILLED on Ctrl-C/SIGTERM."""
+    mlflow = _mlflow()
+    resume = resume_run_id if run_exists(resume_run_id) else None
+    run = mlflow.start_run(run_id=resume, run_name=os.environ.get("DVC_EXP_NAME"))
+    try:
+        if resume is None:
+            mlflow.log_params(flatten(params))
+        mlflow.set_tags(run_tags())
+        yield run.info.run_id
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
+    mlflow = _mlflow()
+    if run_id is None:
+        mlflow.log_metrics(metrics, step=step)
+    else:
+        client = mlflow.tracking.MlflowClient()
+        for key, value in metrics.items():
+            client.log_metric(run_id, key, value, step=step or 0)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
+    mlflow = _mlflow()
+    if run_id is None:
+        mlflow.log_artifact(str(path), artifact_path)
+    else:
+        mlflow.tracking.MlflowClient().log_artifact(run_id, str(path), artifact_path)
+
+
+def log_generator(generator, image_size: int) -> None:
+    """Log as an MLflow PyTorch model (pt2 by torch.export) that accepts any H, W divisible by 2^depth."""
+    import torch.fx.experimental._config as fx_config
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    mlflow = _mlflow()
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1), name="L")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1), name="ab")]),
+    )
+    # The example is twice the trained size: torch.export would pin a size-1 bottleneck as a constant;
+    # size-oblivious tracing keeps H and W symbolic so the trained size works as well as larger ones.
+    example = np.zeros((2, 1, 2 * image_size, 2 * image_size), np.float32)
+    # mlflow tries to validate the example as a serving payload, which its PyTorch flavor can't: quiet that.
+    logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
+    with fx_config.patch(backed_size_oblivious=True):
+        mlflow.pytorch.log_model(
+            generator.cpu().float().eval(), name="generator", signature=signature, input_example=example,
+            pip_requirements=["torch==2.13.0", "mlflow"],
+        )
+
+
+def write_plot_rows(path: Path, rows: list[dict[str, float]]) -> None:
+    """The per-epoch loss table DVC plots (a CSV, rewritten whole so a resumed run keeps its history)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["epoch"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buffer.getvalue().encode())

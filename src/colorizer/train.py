@@ -1,0 +1,283 @@
+"""The GAN training loop: d_step and g_step as the design document defines them, checkpoints, resume.
+
+Discriminator: BCE(D(L, ab) -> 1) + BCE(D(L, G(L)) -> 0). Generator: BCE(D(L, G(L)) -> 1) + lambda * L1.
+A checkpoint is written atomically after every epoch; a re-run with the same params and data
+continues from it (and continues the same MLflow run) instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from colorizer import tracking
+from colorizer.checkpoints import export_model, load_checkpoint, load_into, save_checkpoint
+from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig
+from colorizer.files import atomic_write_json, progress
+from colorizer.images import save_png
+from colorizer.models import Discriminator, Generator, build_discriminator, build_generator
+from colorizer.shards import LabShardDataset, read_index
+from colorizer.visualize import sample_grid
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"params.yaml: train.device: unknown device {name!r} (use auto, cpu or cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("params.yaml: train.device: cuda asked for but no GPU is visible")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware does it natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs), else fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+@dataclass
+class Gan:
+    generator: Generator
+    discriminator: Discriminator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    l1_lambda: float
+    channels_last: bool = False
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device, non_blocking=True)
+        return tensor.contiguous(memory_format=torch.channels_last) if self.channels_last else tensor
+
+    def judge(self, L: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+        return self.discriminator(torch.cat([L, ab.to(L.dtype)], dim=1)).float()  # (B, 1, H/16, W/16) logits
+
+    # Steps return detached 0-dim tensors, not floats: a float would force a device sync every step.
+    def d_step(self, L: torch.Tensor, ab: torch.Tensor, fake_ab: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.discriminator.requires_grad_(True)
+        self.opt_d.zero_grad(set_to_none=True)
+        with self.autocast():
+            real_logits = self.judge(L, ab)
+            fake_logits = self.judge(L, fake_ab.detach())
+        d_real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+        d_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        (d_real + d_fake).backward()
+        self.opt_d.step()
+        return {"d_real": d_real.detach(), "d_fake": d_fake.detach()}
+
+    def g_step(self, L: torch.Tensor, ab: torch.Tensor, fake_ab: torch.Tensor, adversarial: bool) -> dict[str, torch.Tensor]:
+        self.discriminator.requires_grad_(False)  # G's loss must not update D
+        self.opt_g.zero_grad(set_to_none=True)
+        g_l1 = F.l1_loss(fake_ab.float(), ab)
+        if adversarial:
+            with self.autocast():
+                fake_logits = self.judge(L, fake_ab)
+            g_gan = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+        else:
+            g_gan = torch.zeros((), device=self.device)
+        (g_gan + self.l1_lambda * g_l1).backward()
+        self.opt_g.step()
+        return {"g_gan": g_gan.detach(), "g_l1": g_l1.detach()}
+
+    def train_step(self, L: torch.Tensor, ab: torch.Tensor, adversarial: bool = True) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            fake_ab = self.generator(L)
+        losses = self.d_step(L, ab, fake_ab) if adversarial else {}
+        return losses | self.g_step(L, ab, fake_ab, adversarial)
+
+    @torch.no_grad()
+    def eval_losses(self, L: torch.Tensor, ab: torch.Tensor) -> dict[str, torch.Tensor]:
+        with self.autocast():
+            fake_ab = self.generator(L)
+            real_logits, fake_logits = self.judge(L, ab), self.judge(L, fake_ab)
+        return {
+            "g_gan": F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits)),
+            "g_l1": F.l1_loss(fake_ab.float(), ab),
+            "d_real": F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)),
+            "d_fake": F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)),
+        }
+
+
+def build_gan(model_cfg: ModelConfig, cfg: TrainConfig, image_size: int, device: torch.device) -> Gan:
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    generator = build_generator(model_cfg, image_size).to(device, memory_format=memory_format)
+    discriminator = build_discriminator(model_cfg).to(device, memory_format=memory_format)
+    fused = device.type == "cuda"  # the fused Adam kernel is CUDA's; on CPU foreach is the fast path
+    opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused or None)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused or None)
+    return Gan(generator, discriminator, opt_g, opt_d, device, autocast_dtype(cfg.precision, device),
+               cfg.l1_lambda, cfg.channels_last)
+
+
+def _already_batched(batch):
+    return batch  # LabShardDataset.__getitems__ returns whole (L, ab) batches
+
+
+def make_loader(dataset: LabShardDataset, batch_size: int, workers: int, generator: torch.Generator | None,
+                shuffle: bool = True, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, generator=generator,
+                      num_workers=workers, collate_fn=_already_batched, pin_memory=pin_memory,
+                      persistent_workers=workers > 0)
+
+
+def run_epoch(gan: Gan, loader: DataLoader, adversarial: bool, desc: str) -> tuple[dict[str, float], int]:
+    gan.generator.train()
+    gan.discriminator.train()
+    sums: dict[str, torch.Tensor] = {}
+    images = 0
+    for L, ab in progress(loader, desc=desc, total=len(loader), unit="batch"):
+        losses = gan.train_step(gan.to_device(L), gan.to_device(ab), adversarial)
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0) + value
+        images += len(L)
+    steps = max(len(loader), 1)
+    means = {key: float(value) / steps for key, value in sums.items()}  # one sync per epoch
+    means.setdefault("d_real", float("nan"))
+    means.setdefault("d_fake", float("nan"))
+    return means, images
+
+
+def validate(gan: Gan, dataset: LabShardDataset, batch_size: int) -> dict[str, float]:
+    gan.generator.eval()
+    gan.discriminator.eval()
+    sums: dict[str, float] = {}
+    for start in range(0, len(dataset), batch_size):
+        L, ab = dataset.get_batch(np.arange(start, min(start + batch_size, len(dataset))))
+        for key, value in gan.eval_losses(gan.to_device(L), gan.to_device(ab)).items():
+            sums[key] = sums.get(key, 0.0) + float(value) * len(L)
+    return {key: value / max(len(dataset), 1) for key, value in sums.items()}
+
+
+@torch.no_grad()
+def write_samples(gan: Gan, dataset: LabShardDataset, count: int, seed: int, path: Path) -> None:
+    """The design document's figure: `count` random validation photos, grey / colorized / original."""
+    gan.generator.eval()
+    picks = np.sort(np.random.default_rng(seed).choice(len(dataset), size=min(count, len(dataset)), replace=False))
+    L, ab = dataset.get_batch(picks)
+    with gan.autocast():
+        fake = gan.generator(gan.to_device(L)).float().cpu()
+    save_png(path, sample_grid(L, fake, ab))
+
+
+def fingerprint(params: Params, shard_dir: Path) -> str:
+    """What a checkpoint must share with this run to be resumed: everything but the epoch count."""
+    train = params.train.model_dump(exclude={"epochs", "loader_workers", "threads", "sample_count"})
+    payload = {"seed": params.seed, "model": params.model.model_dump(), "train": train,
+               "data": hashlib.sha256(json.dumps(read_index(shard_dir), sort_keys=True).encode()).hexdigest()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def resumable_state(path: Path, expected_fingerprint: str, epochs: int) -> dict | None:
+    if not path.is_file():
+        return None
+    state = load_checkpoint(path)
+    if state.get("fingerprint") != expected_fingerprint:
+        print(f"train: {path} was made with other params or data; starting over", file=sys.stderr)
+        return None
+    if state["epoch"] > epochs:
+        print(f"train: {path} is past epoch {epochs} already; starting over", file=sys.stderr)
+        return None
+    print(f"train: resuming from {path} after epoch {state['epoch']}", file=sys.stderr)
+    return state
+
+
+def restore(gan: Gan, state: dict, loader_rng: torch.Generator, path: Path) -> None:
+    load_into(gan.generator, state["generator"], path)
+    load_into(gan.discriminator, state["discriminator"], path)
+    gan.opt_g.load_state_dict(state["opt_g"])
+    gan.opt_d.load_state_dict(state["opt_d"])
+    torch.set_rng_state(state["torch_rng"])
+    loader_rng.set_state(state["loader_rng"])
+    if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
+
+
+def snapshot(gan: Gan, epoch: int, loader_rng: torch.Generator, history: list, run_id: str, print_: str) -> dict:
+    return {
+        "fingerprint": print_, "epoch": epoch, "history": history, "mlflow_run_id": run_id,
+        "generator": gan.generator.state_dict(), "discriminator": gan.discriminator.state_dict(),
+        "opt_g": gan.opt_g.state_dict(), "opt_d": gan.opt_d.state_dict(),
+        "torch_rng": torch.get_rng_state(), "loader_rng": loader_rng.get_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def train(params: Params, shard_dir: Path, model_dir: Path, state_dir: Path, plots_path: Path, metrics_path: Path,
+          log_model: bool = True) -> dict:
+    """Train (or resume) and export the generator; returns the last epoch's losses."""
+    cfg = params.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    train_set, val_set = LabShardDataset(shard_dir, "train"), LabShardDataset(shard_dir, "val")
+    if len(train_set) < cfg.batch_size:
+        raise ConfigError(f"params.yaml: train.batch_size: {cfg.batch_size} is more than the "
+                          f"{len(train_set)} training images (add photos or lower it)")
+    if len(val_set) == 0:
+        raise ConfigError("params.yaml: fetch.split.val: no validation photos (add photos or raise it)")
+
+    torch.manual_seed(params.seed)
+    gan = build_gan(params.model, cfg, train_set.image_size, device)
+    loader_rng = torch.Generator().manual_seed(params.seed)
+    checkpoint_path, print_ = state_dir / CHECKPOINT_NAME, fingerprint(params, shard_dir)
+    state = resumable_state(checkpoint_path, print_, cfg.epochs)
+    history: list[dict] = []
+    if state:
+        restore(gan, state, loader_rng, checkpoint_path)
+        history = list(state["history"])
+    loader = make_loader(train_set, cfg.batch_size, cfg.loader_workers, loader_rng, pin_memory=device.type == "cuda")
+
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    with tracking.training_run(params.model_dump(), state["mlflow_run_id"] if state else None) as run_id:
+        for epoch in range(len(history) + 1, cfg.epochs + 1):
+            started = time.perf_counter()
+            train_losses, images = run_epoch(gan, loader, epoch > cfg.l1_warmup_epochs, f"epoch {epoch}/{cfg.epochs}")
+            seconds = time.perf_counter() - started
+            val_losses = validate(gan, val_set, cfg.batch_size)
+            row = {"epoch": epoch, **{f"train_{k}": v for k, v in sorted(train_losses.items())},
+                   **{f"val_{k}": v for k, v in sorted(val_losses.items())}, "train_images_per_second": images / seconds}
+            history.append(row)
+            grid = state_dir / "samples" / f"epoch_{epoch:03d}.png"
+            write_samples(gan, val_set, cfg.sample_count, params.seed + epoch, grid)
+            tracking.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=epoch)
+            tracking.log_artifact(grid, "samples")
+            tracking.write_plot_rows(plots_path, history)
+            save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_id, print_))
+            print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
+                  file=sys.stderr)
+        tracking.write_plot_rows(plots_path, history)
+        info = export_model(model_dir, gan.generator, gan.discriminator,
+                            {"mlflow_run_id": run_id, "epochs": cfg.epochs, "seed": params.seed})
+        if log_model:
+            tracking.log_generator(gan.generator, train_set.image_size)
+    final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}
+    atomic_write_json(metrics_path, final)
+    return final
