@@ -40,8 +40,13 @@ def test_manifest_rows_reasons_and_outputs(tmp_path):
     assert manifest.loc[manifest.reason == "duplicate", "detail"].item().endswith("copy of a.png")
     assert reasons["evil.png"] == "unsafe path (..)"
     assert summary["ok"] == 3 and summary["candidates"] == 8
-    assert summary["reasons"] == {"duplicate": 1, "empty file": 1, "not an image": 1, "too small": 1,
-                                  "unsafe path (..)": 1}
+    assert summary["reasons"] == {
+        "duplicate": 1,
+        "empty file": 1,
+        "not an image": 1,
+        "too small": 1,
+        "unsafe path (..)": 1,
+    }
     ok = manifest[manifest.status == "ok"]
     assert set(ok.split) <= {"train", "val", "test"} and ok.split.notna().all()
     assert sorted(p.name for p in (out / "images").iterdir()) == sorted(ok.file)

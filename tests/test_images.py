@@ -19,6 +19,7 @@ def reason_of(data: bytes, max_pixels: int = BIG, **kwargs) -> str:
 
 # ---- bad inputs: each has its own reason -------------------------------------------------------------
 
+
 def test_zero_bytes():
     assert reason_of(b"") == "empty file"
 
@@ -56,6 +57,7 @@ def test_too_small_and_near_greyscale(photo):
 
 
 # ---- mode conversions ---------------------------------------------------------------------------------
+
 
 def test_rgb_png_is_lossless(photo):
     decoded = decode(encode(photo), BIG)

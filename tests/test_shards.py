@@ -15,8 +15,11 @@ def packs(tmp_path):
     rng = np.random.default_rng(0)
     rows = []
     for split, count in (("train", 11), ("val", 3), ("test", 0)):
-        pack = np.stack([colourful(16, 16, seed=int(s)) for s in rng.integers(0, 99, count)]) if count else \
-            np.zeros((0, 16, 16, 3), np.uint8)
+        pack = (
+            np.stack([colourful(16, 16, seed=int(s)) for s in rng.integers(0, 99, count)])
+            if count
+            else np.zeros((0, 16, 16, 3), np.uint8)
+        )
         np.save(tmp_path / f"{split}.npy", pack)
         rows += [{"split": split, "row": i, "id": f"{split}{i}"} for i in range(count)]
     pd.DataFrame(rows).to_parquet(tmp_path / "index.parquet")

@@ -31,15 +31,22 @@ def by_path(items):
 def test_bundled_samples_are_found_offline():
     samples = list(bundled_samples())
     assert len(samples) >= 8
-    assert all(s.read()[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1", b"\xff\xd8\xff\xdb")
-               or s.read()[:2] == b"\xff\xd8" for s in samples)
+    assert all(
+        s.read()[:4] in (b"\x89PNG", b"\xff\xd8\xff\xe0", b"\xff\xd8\xff\xe1", b"\xff\xd8\xff\xdb")
+        or s.read()[:2] == b"\xff\xd8"
+        for s in samples
+    )
 
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("/etc/passwd", "unsafe path (absolute)"), ("../evil.png", "unsafe path (..)"),
-     ("a/../../evil.png", "unsafe path (..)"), ("C:/x.png", "unsafe path (absolute)"),
-     ("ok/photo.png", None)],
+    [
+        ("/etc/passwd", "unsafe path (absolute)"),
+        ("../evil.png", "unsafe path (..)"),
+        ("a/../../evil.png", "unsafe path (..)"),
+        ("C:/x.png", "unsafe path (absolute)"),
+        ("ok/photo.png", None),
+    ],
 )
 def test_unsafe_member_names(name, reason):
     assert unsafe_member_reason(name) == reason
@@ -52,7 +59,7 @@ def test_zip_members_are_read_and_traversal_refused(tmp_path):
         archive.writestr("../escape.png", encode(colourful()))
         archive.writestr("/abs.png", encode(colourful()))
         link = zipfile.ZipInfo("link.png")
-        link.external_attr = (0o120777 << 16)  # a symlink entry
+        link.external_attr = 0o120777 << 16  # a symlink entry
         archive.writestr(link, "/etc/passwd")
     items = by_path(archive_candidates(path, LIMITS))
     assert isinstance(items["nested/good.png"], Candidate)
@@ -86,10 +93,12 @@ def test_tar_members_links_devices_and_traversal(tmp_path, suffix, mode):
     path = tmp_path / f"photos{suffix}"
     good = encode(colourful())
     with tarfile.open(path, mode) as archive:
+
         def add(name, data=b"", kind=tarfile.REGTYPE, linkname=""):
             info = tarfile.TarInfo(name)
             info.type, info.size, info.linkname = kind, len(data), linkname
             archive.addfile(info, io.BytesIO(data) if data else None)
+
         add("dir/good.png", good)
         add("../up.png", good)
         add("/abs.png", good)

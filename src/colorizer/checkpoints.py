@@ -42,7 +42,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise CheckpointError(f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT}; delete it to start over")
+        raise CheckpointError(
+            f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT}; delete it to start over"
+        )
     return state
 
 
@@ -51,8 +53,9 @@ def load_into(module: torch.nn.Module, state_dict: dict, source: Path | str) -> 
         module.load_state_dict(state_dict)
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-        raise CheckpointError(f"{source}: does not fit the model in params ({first[:160]}); delete it to start over") \
-            from None
+        raise CheckpointError(
+            f"{source}: does not fit the model in params ({first[:160]}); delete it to start over"
+        ) from None
 
 
 def export_model(out_dir: Path, generator: Generator, discriminator: Discriminator, info: dict[str, Any]) -> dict:

@@ -97,8 +97,15 @@ def _evaluate_args(parser: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace, params: Params) -> None:
     from colorizer.evaluate import evaluate
 
-    summary = evaluate(args.model, args.shards, args.metrics, args.per_image, params.evaluate.batch_size,
-                       params.train.l1_lambda, params.evaluate.device)
+    summary = evaluate(
+        args.model,
+        args.shards,
+        args.metrics,
+        args.per_image,
+        params.evaluate.batch_size,
+        params.train.l1_lambda,
+        params.evaluate.device,
+    )
     print(json.dumps(summary))
 
 

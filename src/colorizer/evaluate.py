@@ -38,16 +38,31 @@ def score_batch(generator, discriminator, L: torch.Tensor, ab: torch.Tensor, l1_
         pred_rgb = lab_batch_to_rgb(L, pred)
         for i in range(len(L)):
             cf_pred, cf_true = colourfulness(pred_rgb[i]), colourfulness(true_rgb[i])
-            rows.append({
-                "method": method, "l1": float(l1[i]), "l1_lab": l1_lab_units(float(l1[i])),
-                "gan_loss": float(total[i]), "psnr": psnr(pred_rgb[i], true_rgb[i]), "ssim": ssim(pred_rgb[i], true_rgb[i]),
-                "colourfulness": cf_pred, "colourfulness_original": cf_true, "colourfulness_gap": abs(cf_pred - cf_true),
-            })
+            rows.append(
+                {
+                    "method": method,
+                    "l1": float(l1[i]),
+                    "l1_lab": l1_lab_units(float(l1[i])),
+                    "gan_loss": float(total[i]),
+                    "psnr": psnr(pred_rgb[i], true_rgb[i]),
+                    "ssim": ssim(pred_rgb[i], true_rgb[i]),
+                    "colourfulness": cf_pred,
+                    "colourfulness_original": cf_true,
+                    "colourfulness_gap": abs(cf_pred - cf_true),
+                }
+            )
     return rows
 
 
-def evaluate(model_dir: Path, shard_dir: Path, metrics_path: Path, per_image_path: Path, batch_size: int,
-             l1_lambda: float, device_name: str = "auto") -> dict:
+def evaluate(
+    model_dir: Path,
+    shard_dir: Path,
+    metrics_path: Path,
+    per_image_path: Path,
+    batch_size: int,
+    l1_lambda: float,
+    device_name: str = "auto",
+) -> dict:
     device = pick_device(device_name)
     generator, info = load_generator(model_dir)
     generator, discriminator = generator.to(device), load_discriminator(model_dir).to(device)

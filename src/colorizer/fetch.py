@@ -80,8 +80,9 @@ def gather_candidates(cfg: FetchConfig, data_dir: Path, cache_dir: Path) -> Iter
             yield from folder_candidates(data_dir, limits, download)
 
 
-def fetch(cfg: FetchConfig, data_dir: Path, out_dir: Path, cache_dir: Path, summary_path: Path,
-          workers: int | None = None) -> dict:
+def fetch(
+    cfg: FetchConfig, data_dir: Path, out_dir: Path, cache_dir: Path, summary_path: Path, workers: int | None = None
+) -> dict:
     """Run the stage; returns the summary that is also written to `summary_path`."""
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -98,8 +99,9 @@ def fetch(cfg: FetchConfig, data_dir: Path, out_dir: Path, cache_dir: Path, summ
     return summary
 
 
-def _decode_all(cfg: FetchConfig, data_dir: Path, images_dir: Path, cache_dir: Path,
-                workers: int | None) -> Iterator[dict]:
+def _decode_all(
+    cfg: FetchConfig, data_dir: Path, images_dir: Path, cache_dir: Path, workers: int | None
+) -> Iterator[dict]:
     jobs = _jobs(gather_candidates(cfg, data_dir, cache_dir), cfg, images_dir)
     workers = workers or min(4, os.cpu_count() or 1)
     if workers == 1:
@@ -131,8 +133,9 @@ def _jobs(candidates: Iterable[Candidate | Rejected], cfg: FetchConfig, images_d
         except OSError as e:
             yield {"path": candidate.path, "status": "rejected", "reason": "unreadable", "detail": str(e)}
             continue
-        yield DecodeJob(candidate.path, data, images_dir, cfg.max_pixels, tuple(cfg.formats), cfg.min_side,
-                        cfg.min_chroma)
+        yield DecodeJob(
+            candidate.path, data, images_dir, cfg.max_pixels, tuple(cfg.formats), cfg.min_side, cfg.min_chroma
+        )
 
 
 def _assign(rows: list[dict], split: SplitConfig) -> pd.DataFrame:

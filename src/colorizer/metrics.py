@@ -20,7 +20,9 @@ def l1_per_image(pred_ab: torch.Tensor, true_ab: torch.Tensor) -> torch.Tensor:
 
 def adversarial_bce_per_image(fake_logits: torch.Tensor) -> torch.Tensor:
     """The discriminator's BCE against 'real' on a colorization, averaged over its patches."""
-    loss = F.binary_cross_entropy_with_logits(fake_logits.float(), torch.ones_like(fake_logits.float()), reduction="none")
+    loss = F.binary_cross_entropy_with_logits(
+        fake_logits.float(), torch.ones_like(fake_logits.float()), reduction="none"
+    )
     return loss.flatten(1).mean(dim=1)
 
 

@@ -84,9 +84,7 @@ def bundled_samples() -> Iterator[Candidate]:
             yield Candidate(f"samples:{package}/{relative}", path.read_bytes)
 
 
-def folder_candidates(
-    root: Path, limits: ArchiveLimits, download: DownloadSettings
-) -> Iterator[Candidate | Rejected]:
+def folder_candidates(root: Path, limits: ArchiveLimits, download: DownloadSettings) -> Iterator[Candidate | Rejected]:
     """Every file under `root` (sorted, recursive): images, archive members, URL-list entries."""
     for path in sorted(p for p in root.rglob("*") if not _is_hidden(p.relative_to(root))):
         shown = path.as_posix()

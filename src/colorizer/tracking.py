@@ -162,7 +162,10 @@ def log_generator(generator, image_size: int) -> None:
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
     with fx_config.patch(backed_size_oblivious=True):
         mlflow.pytorch.log_model(
-            generator.cpu().float().eval(), name="generator", signature=signature, input_example=example,
+            generator.cpu().float().eval(),
+            name="generator",
+            signature=signature,
+            input_example=example,
             pip_requirements=["torch==2.13.0", "mlflow"],
         )
 

@@ -67,7 +67,9 @@ class Gan:
     channels_last: bool = False
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        )
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.device, non_blocking=True)
@@ -89,7 +91,9 @@ class Gan:
         self.opt_d.step()
         return {"d_real": d_real.detach(), "d_fake": d_fake.detach()}
 
-    def g_step(self, L: torch.Tensor, ab: torch.Tensor, fake_ab: torch.Tensor, adversarial: bool) -> dict[str, torch.Tensor]:
+    def g_step(
+        self, L: torch.Tensor, ab: torch.Tensor, fake_ab: torch.Tensor, adversarial: bool
+    ) -> dict[str, torch.Tensor]:
         self.discriminator.requires_grad_(False)  # G's loss must not update D
         self.opt_g.zero_grad(set_to_none=True)
         g_l1 = F.l1_loss(fake_ab.float(), ab)
@@ -129,19 +133,41 @@ def build_gan(model_cfg: ModelConfig, cfg: TrainConfig, image_size: int, device:
     fused = device.type == "cuda"  # the fused Adam kernel is CUDA's; on CPU foreach is the fast path
     opt_g = torch.optim.Adam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused or None)
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=fused or None)
-    return Gan(generator, discriminator, opt_g, opt_d, device, autocast_dtype(cfg.precision, device),
-               cfg.l1_lambda, cfg.channels_last)
+    return Gan(
+        generator,
+        discriminator,
+        opt_g,
+        opt_d,
+        device,
+        autocast_dtype(cfg.precision, device),
+        cfg.l1_lambda,
+        cfg.channels_last,
+    )
 
 
 def _already_batched(batch):
     return batch  # LabShardDataset.__getitems__ returns whole (L, ab) batches
 
 
-def make_loader(dataset: LabShardDataset, batch_size: int, workers: int, generator: torch.Generator | None,
-                shuffle: bool = True, pin_memory: bool = False) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle, generator=generator,
-                      num_workers=workers, collate_fn=_already_batched, pin_memory=pin_memory,
-                      persistent_workers=workers > 0)
+def make_loader(
+    dataset: LabShardDataset,
+    batch_size: int,
+    workers: int,
+    generator: torch.Generator | None,
+    shuffle: bool = True,
+    pin_memory: bool = False,
+) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=shuffle,
+        generator=generator,
+        num_workers=workers,
+        collate_fn=_already_batched,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+    )
 
 
 def run_epoch(gan: Gan, loader: DataLoader, adversarial: bool, desc: str) -> tuple[dict[str, float], int]:
@@ -186,8 +212,12 @@ def write_samples(gan: Gan, dataset: LabShardDataset, count: int, seed: int, pat
 def fingerprint(params: Params, shard_dir: Path) -> str:
     """What a checkpoint must share with this run to be resumed: everything but the epoch count."""
     train = params.train.model_dump(exclude={"epochs", "loader_workers", "threads", "sample_count"})
-    payload = {"seed": params.seed, "model": params.model.model_dump(), "train": train,
-               "data": hashlib.sha256(json.dumps(read_index(shard_dir), sort_keys=True).encode()).hexdigest()}
+    payload = {
+        "seed": params.seed,
+        "model": params.model.model_dump(),
+        "train": train,
+        "data": hashlib.sha256(json.dumps(read_index(shard_dir), sort_keys=True).encode()).hexdigest(),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
 
 
@@ -218,10 +248,16 @@ def restore(gan: Gan, state: dict, loader_rng: torch.Generator, path: Path) -> N
 
 def snapshot(gan: Gan, epoch: int, loader_rng: torch.Generator, history: list, run_id: str, print_: str) -> dict:
     return {
-        "fingerprint": print_, "epoch": epoch, "history": history, "mlflow_run_id": run_id,
-        "generator": gan.generator.state_dict(), "discriminator": gan.discriminator.state_dict(),
-        "opt_g": gan.opt_g.state_dict(), "opt_d": gan.opt_d.state_dict(),
-        "torch_rng": torch.get_rng_state(), "loader_rng": loader_rng.get_state(),
+        "fingerprint": print_,
+        "epoch": epoch,
+        "history": history,
+        "mlflow_run_id": run_id,
+        "generator": gan.generator.state_dict(),
+        "discriminator": gan.discriminator.state_dict(),
+        "opt_g": gan.opt_g.state_dict(),
+        "opt_d": gan.opt_d.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "loader_rng": loader_rng.get_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
@@ -230,8 +266,15 @@ def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def train(params: Params, shard_dir: Path, model_dir: Path, state_dir: Path, plots_path: Path, metrics_path: Path,
-          log_model: bool = True) -> dict:
+def train(
+    params: Params,
+    shard_dir: Path,
+    model_dir: Path,
+    state_dir: Path,
+    plots_path: Path,
+    metrics_path: Path,
+    log_model: bool = True,
+) -> dict:
     """Train (or resume) and export the generator; returns the last epoch's losses."""
     cfg = params.train
     if cfg.threads:
@@ -239,8 +282,10 @@ def train(params: Params, shard_dir: Path, model_dir: Path, state_dir: Path, plo
     device = pick_device(cfg.device)
     train_set, val_set = LabShardDataset(shard_dir, "train"), LabShardDataset(shard_dir, "val")
     if len(train_set) < cfg.batch_size:
-        raise ConfigError(f"params.yaml: train.batch_size: {cfg.batch_size} is more than the "
-                          f"{len(train_set)} training images (add photos or lower it)")
+        raise ConfigError(
+            f"params.yaml: train.batch_size: {cfg.batch_size} is more than the "
+            f"{len(train_set)} training images (add photos or lower it)"
+        )
     if len(val_set) == 0:
         raise ConfigError("params.yaml: fetch.split.val: no validation photos (add photos or raise it)")
 
@@ -262,8 +307,12 @@ def train(params: Params, shard_dir: Path, model_dir: Path, state_dir: Path, plo
             train_losses, images = run_epoch(gan, loader, epoch > cfg.l1_warmup_epochs, f"epoch {epoch}/{cfg.epochs}")
             seconds = time.perf_counter() - started
             val_losses = validate(gan, val_set, cfg.batch_size)
-            row = {"epoch": epoch, **{f"train_{k}": v for k, v in sorted(train_losses.items())},
-                   **{f"val_{k}": v for k, v in sorted(val_losses.items())}, "train_images_per_second": images / seconds}
+            row = {
+                "epoch": epoch,
+                **{f"train_{k}": v for k, v in sorted(train_losses.items())},
+                **{f"val_{k}": v for k, v in sorted(val_losses.items())},
+                "train_images_per_second": images / seconds,
+            }
             history.append(row)
             grid = state_dir / "samples" / f"epoch_{epoch:03d}.png"
             write_samples(gan, val_set, cfg.sample_count, params.seed + epoch, grid)
@@ -271,11 +320,16 @@ def train(params: Params, shard_dir: Path, model_dir: Path, state_dir: Path, plo
             tracking.log_artifact(grid, "samples")
             tracking.write_plot_rows(plots_path, history)
             save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_id, print_))
-            print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
-                  file=sys.stderr)
+            print(
+                f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"), file=sys.stderr
+            )
         tracking.write_plot_rows(plots_path, history)
-        info = export_model(model_dir, gan.generator, gan.discriminator,
-                            {"mlflow_run_id": run_id, "epochs": cfg.epochs, "seed": params.seed})
+        info = export_model(
+            model_dir,
+            gan.generator,
+            gan.discriminator,
+            {"mlflow_run_id": run_id, "epochs": cfg.epochs, "seed": params.seed},
+        )
         if log_model:
             tracking.log_generator(gan.generator, train_set.image_size)
     final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}

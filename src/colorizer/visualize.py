@@ -31,5 +31,7 @@ def tile(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
     canvas = np.full((len(rows) * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, np.uint8)
     for r, row in enumerate(rows):
         for c, image in enumerate(row):
-            canvas[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = image
+            canvas[r * (height + gap) : r * (height + gap) + height, c * (width + gap) : c * (width + gap) + width] = (
+                image
+            )
     return canvas
