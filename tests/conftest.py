@@ -30,3 +30,37 @@ def encode(array_or_image, fmt: str = "PNG", **save_kwargs) -> bytes:
 @pytest.fixture
 def photo() -> np.ndarray:
     return colourful()
+
+
+def write_tiny_shards(root, size: int = 32, counts=(("train", 16), ("val", 4), ("test", 3))):
+    """Real Lab shards (through the real writer) from generated photos: what train/evaluate read."""
+    import pandas as pd
+
+    from colorizer.shards import write_shards
+
+    packs = root / "packs"
+    packs.mkdir(parents=True, exist_ok=True)
+    rows, seed = [], 0
+    for split, count in counts:
+        images = []
+        for i in range(count):
+            images.append(colourful(size, size, seed=seed))
+            rows.append({"split": split, "row": i, "id": f"{split}-{i}"})
+            seed += 1
+        np.save(packs / f"{split}.npy", np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8))
+    pd.DataFrame(rows).to_parquet(packs / "index.parquet")
+    write_shards(packs, root / "shards", images_per_shard=8)
+    return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory):
+    return write_tiny_shards(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A real SQLite MLflow store in a temp dir, used through the default-store path (DVC_ROOT)."""
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -144,7 +144,7 @@ def log_artifact(path: Path, artifact_path: str | None = None, run_id: str | Non
         mlflow.tracking.MlflowClient().log_artifact(run_id, str(path), artifact_path)
 
 
-def log_generator(generator, image_size: int) -> None:
+def log_generator(generator, image_size: int) -> str:
     """Log as an MLflow PyTorch model (pt2 by torch.export) that accepts any H, W divisible by 2^depth."""
     import torch.fx.experimental._config as fx_config
     from mlflow.models.signature import ModelSignature
@@ -152,8 +152,8 @@ def log_generator(generator, image_size: int) -> None:
 
     mlflow = _mlflow()
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1), name="L")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1), name="ab")]),
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1))]),
     )
     # The example is twice the trained size: torch.export would pin a size-1 bottleneck as a constant;
     # size-oblivious tracing keeps H and W symbolic so the trained size works as well as larger ones.

@@ -1,0 +1,155 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from colorizer import train as train_module
+from colorizer.checkpoints import CheckpointError, load_checkpoint, load_generator, save_checkpoint
+from colorizer.config import ConfigError, parse_params
+from colorizer.train import CHECKPOINT_NAME, autocast_dtype, build_gan, train
+
+TINY = {
+    "seed": 3,
+    "model": {"generator_widths": [8, 16, 16, 16, 16], "discriminator_widths": [8, 16], "width_multiplier": 1.0},
+    "train": {"epochs": 2, "batch_size": 4, "precision": "fp32", "sample_count": 3},
+}
+
+
+def tiny_params(**train_overrides):
+    raw = yaml.safe_load(yaml.safe_dump(TINY))
+    raw["train"].update(train_overrides)
+    return parse_params(raw)
+
+
+def run_train(params, shards, root):
+    return train(params, shards, root / "model", root / "state", root / "plots.csv", root / "train.json",
+                 log_model=False)
+
+
+def test_train_writes_model_plots_samples_and_mlflow_run(tiny_shards, tmp_path, mlflow_store):
+    final = run_train(tiny_params(), tiny_shards, tmp_path)
+    assert final["epoch"] == 2 and np.isfinite(final["val_g_l1"])
+    plots = pd.read_csv(tmp_path / "plots.csv")
+    assert plots.epoch.tolist() == [1, 2]
+    assert {"train_g_gan", "train_g_l1", "train_d_real", "train_d_fake", "val_g_l1"} <= set(plots.columns)
+    grid = Image.open(tmp_path / "state" / "samples" / "epoch_002.png")
+    assert grid.size == (3 * 32 + 2 * 2, 3 * 32 + 2 * 2)  # 3 samples x (grey, colorized, original)
+
+    generator, info = load_generator(tmp_path / "model")
+    assert info["image_size"] == 32 and generator(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)
+
+    client = MlflowClient(mlflow_store)
+    run = client.get_run(info["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.lr"] == "0.0002" and run.data.params["model.width_multiplier"] == "1.0"
+    assert run.data.tags["git_commit"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")] == [1, 2]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "samples")} == {
+        "samples/epoch_001.png", "samples/epoch_002.png"}
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tiny_shards, tmp_path, mlflow_store):
+    straight = run_train(tiny_params(epochs=3), tiny_shards, tmp_path / "straight")
+    run_train(tiny_params(epochs=1), tiny_shards, tmp_path / "resumed")
+    resumed = run_train(tiny_params(epochs=3), tiny_shards, tmp_path / "resumed")
+    curve_a = pd.read_csv(tmp_path / "straight" / "plots.csv").drop(columns="train_images_per_second")
+    curve_b = pd.read_csv(tmp_path / "resumed" / "plots.csv").drop(columns="train_images_per_second")
+    np.testing.assert_allclose(curve_a.to_numpy(), curve_b.to_numpy(), rtol=1e-3, atol=1e-5)
+    assert resumed["val_g_l1"] == pytest.approx(straight["val_g_l1"], rel=1e-3)
+
+    client = MlflowClient(mlflow_store)
+    runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
+    assert len(runs) == 2  # the resumed training continued its own run
+    resumed_run = next(r for r in runs if r.info.run_id != load_checkpoint(
+        tmp_path / "straight" / "state" / CHECKPOINT_NAME)["mlflow_run_id"])
+    assert [m.step for m in client.get_metric_history(resumed_run.info.run_id, "train_g_l1")] == [1, 2, 3]
+
+
+def test_other_params_start_over(tiny_shards, tmp_path, mlflow_store, capsys):
+    run_train(tiny_params(epochs=1), tiny_shards, tmp_path)
+    run_train(tiny_params(epochs=1, lr=1.0e-3), tiny_shards, tmp_path)
+    assert "other params or data; starting over" in capsys.readouterr().err
+    assert pd.read_csv(tmp_path / "plots.csv").epoch.tolist() == [1]
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tiny_shards, tmp_path, mlflow_store):
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / CHECKPOINT_NAME).write_bytes(b"PK\x03\x04 not really a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or not a checkpoint.*delete it to start over"):
+        run_train(tiny_params(), tiny_shards, tmp_path)
+
+
+def test_checkpoint_that_does_not_fit_the_model(tiny_shards, tmp_path, mlflow_store):
+    run_train(tiny_params(epochs=1), tiny_shards, tmp_path)
+    path = tmp_path / "state" / CHECKPOINT_NAME
+    state = load_checkpoint(path)
+    state["generator"] = {k: v[:1] if v.ndim else v for k, v in state["generator"].items()}
+    save_checkpoint(path, {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="does not fit the model"):
+        run_train(tiny_params(epochs=2), tiny_shards, tmp_path)
+
+
+def test_a_crash_marks_the_run_failed(tiny_shards, tmp_path, mlflow_store, monkeypatch):
+    def broken_samples(*args, **kwargs):
+        raise RuntimeError("disk full")  # an injected failure in the middle of an epoch
+
+    monkeypatch.setattr(train_module, "write_samples", broken_samples)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_train(tiny_params(), tiny_shards, tmp_path)
+    [run] = MlflowClient(mlflow_store).search_runs(["1"])
+    assert run.info.status == "FAILED"
+
+
+def test_bad_batch_size_and_device_name_the_key(tiny_shards, tmp_path, mlflow_store):
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        run_train(tiny_params(batch_size=64), tiny_shards, tmp_path)
+    with pytest.raises(ConfigError, match="train.device"):
+        run_train(tiny_params(device="tpu"), tiny_shards, tmp_path)
+
+
+def test_sigterm_marks_killed_and_a_rerun_resumes(tiny_shards, tmp_path, mlflow_store):
+    params = yaml.safe_load(yaml.safe_dump(TINY))
+    params["train"]["epochs"] = 500
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-m", "colorizer.cli", "train", "--shards", str(tiny_shards), "--model", "model",
+               "--state", "state", "--plots", "plots.csv", "--metrics", "train.json"]
+    environment = dict(os.environ, DVC_ROOT=str(tmp_path))
+    process = subprocess.Popen(command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True)
+    checkpoint = tmp_path / "state" / CHECKPOINT_NAME
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    state = load_checkpoint(checkpoint)  # whole, despite the kill
+    client = MlflowClient(mlflow_store)
+    assert client.get_run(state["mlflow_run_id"]).info.status == "KILLED"
+
+    params["train"]["epochs"] = state["epoch"] + 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    rerun = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming from state/{CHECKPOINT_NAME} after epoch {state['epoch']}" in rerun.stderr
+    run = client.get_run(state["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert len(pd.read_csv(tmp_path / "plots.csv")) == state["epoch"] + 1
+
+
+def test_precision_choice():
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    gan = build_gan(tiny_params().model, tiny_params().train, 32, torch.device("cpu"))
+    losses = gan.train_step(torch.zeros(4, 1, 32, 32), torch.zeros(4, 2, 32, 32))
+    assert set(losses) == {"d_real", "d_fake", "g_gan", "g_l1"}
+    warmup = gan.train_step(torch.zeros(4, 1, 32, 32), torch.zeros(4, 2, 32, 32), adversarial=False)
+    assert set(warmup) == {"g_gan", "g_l1"} and float(warmup["g_gan"]) == 0.0
