@@ -13,6 +13,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 
+# params.yaml overrides that make the whole pipeline take seconds
+TINY_PIPELINE = {
+    "augment": {"image_size": 32, "copies_per_image": 2},
+    "model": {"width_multiplier": 0.125},
+    "train": {"epochs": 2, "batch_size": 4},
+}
+
 
 def clone_repo(target: Path) -> Path:
     """Copy what git would hand a new user (tracked + untracked-not-ignored files): no data/, no DVC cache."""

@@ -1,4 +1,4 @@
-"""`make run` on a fresh copy of the repo: fetch -> augment -> shard with real DVC, then user photos."""
+"""`make run` on a fresh copy of the repo (no data/, no DVC cache), then user photos picked up by `dvc repro`."""
 
 import json
 
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import colourful, encode
-from tests.integration.repo import clone_repo, make_run, run, set_params
+from tests.integration.repo import TINY_PIPELINE, clone_repo, make_run, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_fresh_clone_runs_offline_then_picks_up_user_photos(tmp_path):
     root = clone_repo(tmp_path / "repo")
     assert not (root / "data").exists() and (root / "data.dvc").is_file()
-    set_params(root, augment={"image_size": 32, "copies_per_image": 2})
+    set_params(root, **TINY_PIPELINE)
 
     make_run(root)  # no data/, no DVC cache: must still run
     summary = json.loads((root / "metrics" / "fetch.json").read_text())

@@ -1,0 +1,79 @@
+"""The whole pipeline with real DVC and MLflow in a temp copy: `make run`, then `dvc exp run -S`."""
+
+import json
+import sqlite3
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.integration.repo import TINY_PIPELINE, clone_repo, make_run, run, set_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline_repo(tmp_path_factory):
+    root = clone_repo(tmp_path_factory.mktemp("exp") / "repo")
+    set_params(root, **TINY_PIPELINE)
+    run(root, "git", "commit", "-qam", "tiny params")
+    make_run(root)
+    run(root, "git", "add", "-A")  # as a user would: commit dvc.lock and the metrics of the baseline
+    run(root, "git", "commit", "-qm", "baseline results")
+    return root
+
+
+def mlflow_runs(root):
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    return client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
+
+
+def test_make_run_trains_evaluates_and_tracks(pipeline_repo):
+    root = pipeline_repo
+    evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+    for split in ("val", "test"):
+        assert set(evaluation[split]) == {"images", "model", "baseline"}
+        for method in ("model", "baseline"):
+            assert {"l1", "l1_lab", "gan_loss", "psnr", "ssim", "colourfulness", "colourfulness_gap"} <= set(
+                evaluation[split][method])
+    assert evaluation["val"]["baseline"]["colourfulness"] < 1.0  # ab = 0 is grey
+    assert (root / "plots" / "train.csv").read_text().count("\n") == 3  # header + 2 epochs
+    assert sorted(p.name for p in (root / "work" / "train" / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    [mlflow_run] = mlflow_runs(root)
+    assert mlflow_run.info.status == "FINISHED"
+    assert "eval_val_model_l1" in mlflow_run.data.metrics and "val_g_l1" in mlflow_run.data.metrics
+    assert run(root, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_exp_run_and_exp_show_side_by_side(pipeline_repo):
+    root = pipeline_repo
+    run(root, "dvc", "exp", "run", "-S", "train.epochs=1", "-n", "one-epoch")
+    shown = json.loads(run(root, "dvc", "exp", "show", "--json").stdout)
+    text = json.dumps(shown)
+    assert "one-epoch" in text and "metrics/evaluate.json" in text and "metrics/train.json" in text
+    epochs = [json.loads(json.dumps(node)) for node in _walk(shown) if isinstance(node, dict) and "epoch" in node]
+    assert {1, 2} <= {node["epoch"] for node in epochs}  # the baseline's 2 epochs and the experiment's 1
+    rendered = run(root, "dvc", "plots", "show", "--json").stdout
+    assert "train_g_l1" in rendered
+
+
+def test_temp_experiment_lands_in_the_repo_store(pipeline_repo):
+    root = pipeline_repo
+    before = len(mlflow_runs(root))
+    run(root, "dvc", "exp", "run", "--temp", "-S", "train.lr=1.0e-3", "-n", "in-a-temp-copy")
+    runs = mlflow_runs(root)
+    assert len(runs) == before + 1
+    newest = max(runs, key=lambda r: r.info.start_time)
+    assert newest.data.tags.get("dvc_exp_name") == "in-a-temp-copy" and newest.info.status == "FINISHED"
+    assert newest.data.params["train.lr"] == "0.001"
+    with sqlite3.connect(root / "mlflow.db") as db:
+        assert db.execute("select count(*) from runs").fetchone()[0] == before + 1
+
+
+def _walk(node):
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
