@@ -3,6 +3,7 @@ import pytest
 from skimage.color import lab2rgb, rgb2lab
 
 from colorizer.lab import (
+    L_from_rgb,
     denormalize_ab,
     denormalize_L,
     lab_to_rgb,
@@ -25,14 +26,26 @@ def test_rgb_to_lab_matches_scikit_image():
 
 def test_lab_to_rgb_matches_scikit_image():
     lab = rgb2lab(ALL_RGB_SAMPLE[None])[0]
-    assert np.abs(lab_to_rgb(lab) - lab2rgb(lab[None])[0]).max() < 1e-4
+    assert np.abs(lab_to_rgb(lab) - lab2rgb(lab[None])[0]).max() < 1e-3  # OpenCV's kernel: ~4e-4
 
 
+@pytest.mark.filterwarnings("ignore:Conversion from CIE-LAB")
 def test_out_of_gamut_lab_is_clipped_like_scikit_image():
-    lab = np.array([[50.0, 120.0, -120.0], [90.0, -100.0, 100.0], [2.0, 80.0, 80.0]])
+    rng = np.random.default_rng(1)
+    lab = np.concatenate([rng.uniform(0, 100, (200_000, 1)), rng.uniform(-128, 127, (200_000, 2))], axis=1)
+    lab[:3] = [[50.0, 120.0, -120.0], [90.0, -100.0, 100.0], [2.0, 80.0, 80.0]]
     ours = lab_to_rgb(lab)
     assert ours.min() >= 0 and ours.max() <= 1
-    assert np.abs(ours - lab2rgb(lab[None])[0]).max() < 1e-4
+    assert np.abs(ours - lab2rgb(lab[None])[0]).max() < 2e-3  # measured 1.2e-3: a third of an 8-bit level
+
+
+def test_lab_to_rgb_keeps_leading_dimensions():
+    lab = rgb_to_lab(ALL_RGB_SAMPLE[:60].reshape(3, 4, 5, 3))
+    assert lab_to_rgb(lab).shape == (3, 4, 5, 3)
+
+
+def test_L_from_rgb_equals_the_L_of_rgb_to_lab():
+    np.testing.assert_allclose(L_from_rgb(ALL_RGB_SAMPLE), rgb_to_lab(ALL_RGB_SAMPLE)[..., 0], atol=1e-3)
 
 
 def test_uint8_round_trip_within_one_level():

@@ -47,8 +47,12 @@ def test_logged_generator_loads_back_and_colorizes_another_size(tmp_path, mlflow
         x = torch.randn(*shape)
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), generator(x), atol=1e-5, rtol=1e-4)
-    assert np.asarray(mlflow.pyfunc.load_model(model_uri).predict(np.zeros((1, 1, 64, 64), np.float32))).shape \
-        == (1, 2, 64, 64)
+    assert np.asarray(mlflow.pyfunc.load_model(model_uri).predict(np.zeros((1, 1, 64, 64), np.float32))).shape == (
+        1,
+        2,
+        64,
+        64,
+    )
 
 
 def free_port() -> int:
@@ -62,10 +66,23 @@ def mlflow_server(tmp_path):
     port = free_port()
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     server = subprocess.Popen(
-        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            mlflow_bin,
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90

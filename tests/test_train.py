@@ -31,8 +31,9 @@ def tiny_params(**train_overrides):
 
 
 def run_train(params, shards, root):
-    return train(params, shards, root / "model", root / "state", root / "plots.csv", root / "train.json",
-                 log_model=False)
+    return train(
+        params, shards, root / "model", root / "state", root / "plots.csv", root / "train.json", log_model=False
+    )
 
 
 def test_train_writes_model_plots_samples_and_mlflow_run(tiny_shards, tmp_path, mlflow_store):
@@ -54,7 +55,9 @@ def test_train_writes_model_plots_samples_and_mlflow_run(tiny_shards, tmp_path, 
     assert run.data.tags["git_commit"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")] == [1, 2]
     assert {a.path for a in client.list_artifacts(run.info.run_id, "samples")} == {
-        "samples/epoch_001.png", "samples/epoch_002.png"}
+        "samples/epoch_001.png",
+        "samples/epoch_002.png",
+    }
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tiny_shards, tmp_path, mlflow_store):
@@ -69,8 +72,11 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shards, tmp_path, mlflow_
     client = MlflowClient(mlflow_store)
     runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
     assert len(runs) == 2  # the resumed training continued its own run
-    resumed_run = next(r for r in runs if r.info.run_id != load_checkpoint(
-        tmp_path / "straight" / "state" / CHECKPOINT_NAME)["mlflow_run_id"])
+    resumed_run = next(
+        r
+        for r in runs
+        if r.info.run_id != load_checkpoint(tmp_path / "straight" / "state" / CHECKPOINT_NAME)["mlflow_run_id"]
+    )
     assert [m.step for m in client.get_metric_history(resumed_run.info.run_id, "train_g_l1")] == [1, 2, 3]
 
 
@@ -120,8 +126,22 @@ def test_sigterm_marks_killed_and_a_rerun_resumes(tiny_shards, tmp_path, mlflow_
     params = yaml.safe_load(yaml.safe_dump(TINY))
     params["train"]["epochs"] = 500
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [sys.executable, "-m", "colorizer.cli", "train", "--shards", str(tiny_shards), "--model", "model",
-               "--state", "state", "--plots", "plots.csv", "--metrics", "train.json"]
+    command = [
+        sys.executable,
+        "-m",
+        "colorizer.cli",
+        "train",
+        "--shards",
+        str(tiny_shards),
+        "--model",
+        "model",
+        "--state",
+        "state",
+        "--plots",
+        "plots.csv",
+        "--metrics",
+        "train.json",
+    ]
     environment = dict(os.environ, DVC_ROOT=str(tmp_path))
     process = subprocess.Popen(command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True)
     checkpoint = tmp_path / "state" / CHECKPOINT_NAME

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from colorizer.config import Params, UserError, load_params
 
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None]]] = {}
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], bool]] = {}
 
 
-def command(name: str, help_text: str):
+def command(name: str, help_text: str, needs_params: bool = True):
     def register(add_arguments):
-        COMMANDS[name] = (help_text, add_arguments)
+        COMMANDS[name] = (help_text, add_arguments, needs_params)
         return add_arguments
 
     return register
@@ -109,12 +109,69 @@ def _run_evaluate(args: argparse.Namespace, params: Params) -> None:
     print(json.dumps(summary))
 
 
+@command("colorize", "Colorize a folder or archive of photos into DST at full resolution.", needs_params=False)
+def _colorize_args(parser: argparse.ArgumentParser) -> None:
+    from colorizer.images import FORMAT_SUFFIXES
+
+    parser.add_argument("src", type=Path, metavar="SRC", help="folder (walked recursively) or .zip/.tar/.tar.gz")
+    parser.add_argument("dst", type=Path, metavar="DST", help="output folder; mirrors SRC's relative paths")
+    parser.add_argument(
+        "--model", type=Path, default=Path("work/model"), help="trained model folder (default: %(default)s)"
+    )
+    parser.add_argument("--size", type=int, help="model input size (default: the size it was trained at)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default: %(default)s)")
+    parser.add_argument("--workers", type=int, help="decode/encode processes (default: cores - 1; 0: none)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument(
+        "--format", type=str.upper, choices=sorted(FORMAT_SUFFIXES), help="output format (default: the input's)"
+    )
+    parser.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any input failed")
+    parser.set_defaults(run=_run_colorize)
+
+
+def _run_colorize(args: argparse.Namespace, params: Params) -> int:
+    from colorizer.colorize import ColorizeOptions, colorize
+
+    if args.batch_size < 1 or (args.workers is not None and args.workers < 0) or not 1 <= args.quality <= 100:
+        raise UserError("--batch-size must be >= 1, --workers >= 0 and --quality within 1..100")
+    options = ColorizeOptions(
+        size=args.size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        format=args.format,
+        quality=args.quality,
+        overwrite=args.overwrite,
+        strict=args.strict,
+    )
+    summary = colorize(args.src, args.dst, args.model, options)
+    return 1 if args.strict and summary.count("failed") else 0
+
+
+@command("colorize-test", "The DVC `colorize` stage: colorize params' colorize.input and draw a contact sheet.")
+def _colorize_test_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fetched", type=Path, default=Path("work/fetch"))
+    parser.add_argument("--model", type=Path, default=Path("work/model"))
+    parser.add_argument("--out", type=Path, default=Path("work/colorize"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/colorize.json"))
+    parser.set_defaults(run=_run_colorize_test)
+
+
+def _run_colorize_test(args: argparse.Namespace, params: Params) -> None:
+    from colorizer.showcase import run_colorize_stage
+
+    print(json.dumps(run_colorize_stage(params.colorize, args.fetched, args.model, args.out, args.metrics)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colorizer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, add_arguments) in COMMANDS.items():
+    for name, (help_text, add_arguments, needs_params) in COMMANDS.items():
         child = sub.add_parser(name, help=help_text, description=help_text)
-        child.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+        if needs_params:
+            child.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
         add_arguments(child)
     return parser
 
@@ -122,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        params = load_params(args.params) if args.params else Params()
-        args.run(args, params)
+        params = load_params(args.params) if getattr(args, "params", None) else Params()
+        return args.run(args, params) or 0
     except (UserError, FileNotFoundError) as e:
         print(f"colorizer {args.command}: {e}", file=sys.stderr)
         return 2

@@ -130,6 +130,14 @@ class EvaluateConfig(Section):
     device: str = "auto"
 
 
+class ColorizeConfig(Section):
+    input: str = "test-split"  # or a folder/archive of greyscale scans
+    batch_size: int = Field(8, gt=0)
+    workers: int | None = Field(None, ge=0)  # None: one per core but one
+    thumbnail_height: int = Field(160, ge=16)
+    contact_sheet_rows: int = Field(12, gt=0)
+
+
 class Params(Section):
     seed: int = 0
     fetch: FetchConfig = FetchConfig()
@@ -138,6 +146,7 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    colorize: ColorizeConfig = ColorizeConfig()
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

@@ -55,7 +55,8 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and TEMP_MARK in name
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "img") -> Iterable[T]:
-    """A tqdm bar on stderr; quiet when stderr is not a terminal unless COLORIZER_PROGRESS=1."""
+def progress(items: Iterable[T] | None, desc: str, total: int | None = None, unit: str = "img") -> tqdm:
+    """A tqdm bar on stderr (images/s and ETA); quiet when stderr is not a terminal unless
+    COLORIZER_PROGRESS=1. With items=None it is a bar to `update()` by hand."""
     show = sys.stderr.isatty() or os.environ.get("COLORIZER_PROGRESS") == "1"
     return tqdm(items, desc=desc, total=total, unit=unit, disable=not show, dynamic_ncols=True)

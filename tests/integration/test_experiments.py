@@ -34,7 +34,8 @@ def test_make_run_trains_evaluates_and_tracks(pipeline_repo):
         assert set(evaluation[split]) == {"images", "model", "baseline"}
         for method in ("model", "baseline"):
             assert {"l1", "l1_lab", "gan_loss", "psnr", "ssim", "colourfulness", "colourfulness_gap"} <= set(
-                evaluation[split][method])
+                evaluation[split][method]
+            )
     assert evaluation["val"]["baseline"]["colourfulness"] < 1.0  # ab = 0 is grey
     assert (root / "plots" / "train.csv").read_text().count("\n") == 3  # header + 2 epochs
     assert sorted(p.name for p in (root / "work" / "train" / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]

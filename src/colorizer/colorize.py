@@ -1,0 +1,377 @@
+"""Bulk colorization: `colorizer colorize SRC DST` over folders and archives, at full resolution.
+
+Worker processes decode photos and shrink their L to the model's size (`prepare`), the main
+process runs the generator on batches, and workers join the upsampled a*b* with the ORIGINAL
+full-resolution L and write the result atomically (`finish`). Outputs that already exist are
+skipped, so a killed run resumes where it stopped; a report row is written for every input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+
+from colorizer.checkpoints import load_generator
+from colorizer.config import UserError
+from colorizer.files import atomic_path, is_temp_name, progress
+from colorizer.images import FORMAT_SUFFIXES, SUFFIX_FORMATS, RejectedImage, decode, save_colorized
+from colorizer.lab import L_from_rgb, denormalize_ab, lab_to_rgb_uint8, normalize_L
+from colorizer.sources import ARCHIVE_SUFFIXES, ArchiveLimits, Rejected, archive_candidates
+from colorizer.train import autocast_dtype, pick_device
+
+REPORT_NAME = "colorize_report.csv"
+REPORT_COLUMNS = ["path", "status", "reason", "width", "height", "seconds"]
+DEFAULT_MAX_PIXELS = 250_000_000
+ARCHIVE_LIMITS = ArchiveLimits(
+    max_members=1_000_000, max_member_bytes=1_000_000_000, max_total_bytes=1_000_000_000_000, max_ratio=200.0
+)
+
+
+@dataclass(frozen=True)
+class ColorizeOptions:
+    size: int | None = None
+    batch_size: int = 8
+    workers: int | None = None  # None: one per core but one (the model has the main process)
+    device: str = "auto"
+    format: str | None = None
+    quality: int = 95
+    overwrite: bool = False
+    strict: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    precision: str = "auto"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input; picklable, so workers can read and write it themselves."""
+
+    index: int
+    relative: str  # report path: relative to SRC, or the archive member name
+    target: str  # output file
+    fmt: str  # output format
+    source_file: str | None = None
+    data: bytes | None = None  # archive members arrive as bytes
+
+    def read(self) -> bytes:
+        return self.data if self.data is not None else Path(self.source_file).read_bytes()
+
+
+@dataclass
+class Outcome:
+    status: str
+    reason: str = ""
+    width: int | None = None
+    height: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Summary:
+    rows: dict[int, tuple[str, Outcome]] = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        return sum(outcome.status == status for _, outcome in self.rows.values())
+
+
+# ---- worker side ------------------------------------------------------------------------------------
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # the cores belong to the model; each worker is one thread
+    torch.set_num_threads(1)
+
+
+def prepare(job: Job, size: int, max_pixels: int) -> tuple[np.ndarray | None, Outcome]:
+    """Decode and return the model's input: L at size x size, normalised, as (1, S, S) float32."""
+    started = time.perf_counter()
+    try:
+        decoded = decode(job.read(), max_pixels)
+    except RejectedImage as e:
+        return None, Outcome("failed", str(e)[:300])
+    except OSError as e:
+        return None, Outcome("failed", f"unreadable: {e}")
+    height, width = decoded.rgb.shape[:2]
+    small = cv2.resize(decoded.rgb, (size, size), interpolation=cv2.INTER_AREA)
+    L_small = normalize_L(L_from_rgb(small))[None].astype(np.float32)
+    return L_small, Outcome("pending", width=width, height=height, seconds=time.perf_counter() - started)
+
+
+def finish(job: Job, ab_small: np.ndarray, quality: int, max_pixels: int, description: str) -> Outcome:
+    """Join the predicted (2, S, S) a*b* (Lab units) with the photo's own full-size L and write it."""
+    started = time.perf_counter()
+    try:
+        decoded = decode(job.read(), max_pixels)
+        height, width = decoded.rgb.shape[:2]
+        ab = cv2.resize(
+            np.ascontiguousarray(ab_small.transpose(1, 2, 0)), (width, height), interpolation=cv2.INTER_LINEAR
+        ).reshape(height, width, 2)
+        lab = np.concatenate([L_from_rgb(decoded.rgb)[..., None], ab], axis=-1)
+        save_colorized(Path(job.target), lab_to_rgb_uint8(lab), job.fmt, quality, decoded, description)
+    except (RejectedImage, OSError, ValueError) as e:  # e.g. the disk filled up: the file is not written
+        return Outcome("failed", f"write failed: {e}"[:300])
+    return Outcome("done", width=width, height=height, seconds=time.perf_counter() - started)
+
+
+class InlineExecutor(Executor):
+    """`--workers 0`: everything in this process (debugging, and machines where fork is unwelcome)."""
+
+    def submit(self, fn, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 (handed to the caller through the future)
+            future.set_exception(e)
+        return future
+
+
+# ---- inputs -----------------------------------------------------------------------------------------
+
+
+def output_target(dst: Path, relative: str, fmt_option: str | None) -> tuple[Path, str] | None:
+    """Where an input's output goes and in which format; None if its name is not an image's."""
+    suffix = Path(relative).suffix.lower()
+    if suffix not in SUFFIX_FORMATS:
+        return None
+    target = dst / relative
+    if fmt_option:
+        target = target.with_suffix(FORMAT_SUFFIXES[fmt_option])
+    resolved_dst = dst.resolve()
+    if os.path.commonpath([resolved_dst, target.resolve()]) != str(resolved_dst):
+        return None  # never write outside DST (a name that climbs out is refused upstream too)
+    return target, fmt_option or SUFFIX_FORMATS[suffix]
+
+
+def enumerate_inputs(src: Path, dst: Path, fmt_option: str | None) -> Iterator[Job | tuple[str, Outcome]]:
+    """Jobs (or already-failed rows) for every image-named file in SRC, in sorted order."""
+    index = 0
+    if src.is_file():
+        for item in archive_candidates(src, ARCHIVE_LIMITS):
+            member = item.path.split("!", 1)[1] if "!" in item.path else item.path
+            if isinstance(item, Rejected):
+                yield member, Outcome("failed", f"{item.reason} {item.detail}".strip())
+                continue
+            placed = output_target(dst, member, fmt_option)
+            if placed:
+                yield Job(index, member, str(placed[0]), placed[1], data=item.read())
+                index += 1
+        return
+    resolved_dst = dst.resolve()
+    for path in sorted(src.rglob("*")):
+        relative = path.relative_to(src).as_posix()
+        if path.is_dir() or resolved_dst in path.resolve().parents or path.resolve() == resolved_dst:
+            continue
+        if path.suffix.lower() not in SUFFIX_FORMATS:
+            continue
+        if path.is_symlink():
+            yield relative, Outcome("failed", "link: symbolic links are not followed")
+            continue
+        placed = output_target(dst, relative, fmt_option)
+        if placed:
+            yield Job(index, relative, str(placed[0]), placed[1], source_file=str(path))
+            index += 1
+
+
+def check_paths(src: Path, dst: Path) -> None:
+    if not src.exists():
+        raise UserError(f"{src}: no such folder or archive")
+    if src.is_file() and not src.name.lower().endswith(ARCHIVE_SUFFIXES):
+        raise UserError(f"{src}: SRC must be a folder or a .zip/.tar/.tar.gz archive")
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+        with atomic_path(dst / ".colorizer-write-test") as probe:
+            probe.write_bytes(b"")
+        (dst / ".colorizer-write-test").unlink()
+    except OSError as e:
+        raise UserError(f"{dst}: cannot write here ({e.strerror or e})") from None
+
+
+def remove_temp_leftovers(dst: Path) -> int:
+    """Half-written temp files of a run that was killed (their final names were never taken)."""
+    removed = 0
+    for path in dst.rglob("*"):
+        if path.is_file() and is_temp_name(path.name):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+# ---- the model, in the main process -----------------------------------------------------------------
+
+
+class ModelRunner:
+    """The trained generator on the chosen device, predicting a*b* (Lab units) for batches of L."""
+
+    def __init__(self, model_dir: Path, options: ColorizeOptions):
+        generator, info = load_generator(model_dir)
+        self.size = options.size or info["image_size"]
+        multiple = 2 ** len(generator.down)
+        if self.size % multiple:
+            raise UserError(f"--size {self.size}: must be a multiple of {multiple} for this model")
+        self.device = pick_device(options.device)
+        self.generator = generator.to(self.device, memory_format=torch.channels_last)
+        self.amp_dtype = autocast_dtype(options.precision, self.device)
+        self.description = f"colorized by colorizer; model sha256 {info['model_sha256']}"
+
+    @torch.inference_mode()
+    def predict(self, L_batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(L_batch).to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
+            ab = self.generator(x)
+        return denormalize_ab(ab.float().cpu().numpy())
+
+
+def predict_in_halves(predict, batch: list[np.ndarray]) -> list[np.ndarray | Exception]:
+    """Predict a batch; if the model fails (out of memory, say), retry each half, down to single images."""
+    try:
+        return list(predict(np.stack(batch)))
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+        if len(batch) == 1:
+            return [e]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        middle = len(batch) // 2
+        return predict_in_halves(predict, batch[:middle]) + predict_in_halves(predict, batch[middle:])
+
+
+# ---- the run ----------------------------------------------------------------------------------------
+
+
+def colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions) -> Summary:
+    src, dst = Path(src), Path(dst)
+    check_paths(src, dst)
+    runner = ModelRunner(model_dir, options)
+    remove_temp_leftovers(dst)
+    summary, todo = Summary(), []
+    for index, (relative, item) in enumerate(_numbered(enumerate_inputs(src, dst, options.format))):
+        if isinstance(item, Outcome):
+            summary.rows[index] = (relative, item)
+        elif Path(item.target).exists() and not options.overwrite:
+            summary.rows[index] = (relative, Outcome("skipped", "output exists"))
+        else:
+            todo.append(Job(index, item.relative, item.target, item.fmt, item.source_file, item.data))
+    workers = options.workers if options.workers is not None else max(1, (os.cpu_count() or 1) - 1)
+    started = time.perf_counter()
+    bar = progress(None, desc="colorize", total=len(summary.rows) + len(todo))
+    bar.update(len(summary.rows))
+    executor = InlineExecutor() if workers == 0 else ProcessPoolExecutor(workers, initializer=_init_worker)
+    try:
+        _Pipeline(runner, executor, options, summary, bar, workers).run(todo)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        write_report(dst / REPORT_NAME, summary)
+    seconds = time.perf_counter() - started
+    done, skipped, failed = summary.count("done"), summary.count("skipped"), summary.count("failed")
+    print(
+        f"colorize: {done} done, {skipped} skipped, {failed} failed in {seconds:.1f} s "
+        f"({done / max(seconds, 1e-9):.2f} images/s); report: {dst / REPORT_NAME}",
+        file=sys.stderr,
+    )
+    return summary
+
+
+def _numbered(items) -> Iterator[tuple[str, Job | Outcome]]:
+    for item in items:
+        yield (item.relative, item) if isinstance(item, Job) else item
+
+
+class _Pipeline:
+    """prepare (workers) -> batches through the model (here) -> finish (workers), with bounded queues
+    so that only a few full-resolution images are ever in memory at once."""
+
+    def __init__(
+        self, runner: ModelRunner, executor: Executor, options: ColorizeOptions, summary: Summary, bar, workers: int
+    ):
+        self.runner, self.executor, self.options, self.summary, self.bar = runner, executor, options, summary, bar
+        self.prepared: deque[tuple[Job, Future]] = deque()
+        self.finishing: deque[tuple[Job, Future, float]] = deque()
+        self.batch: list[tuple[Job, np.ndarray, Outcome]] = []
+        self.window = options.batch_size + 2 * max(workers, 1)
+
+    def run(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.prepared.append((job, self.executor.submit(prepare, job, self.runner.size, self.options.max_pixels)))
+            while len(self.prepared) > self.window:
+                self._take_prepared()
+        while self.prepared:
+            self._take_prepared()
+        if self.batch:
+            self._run_model()
+        self._collect(keep=0)
+
+    def _take_prepared(self) -> None:
+        job, future = self.prepared.popleft()
+        try:
+            L_small, outcome = future.result()
+        except Exception as e:  # a worker that died (killed for memory, say)
+            L_small, outcome = None, Outcome("failed", f"worker error: {type(e).__name__}: {e}")
+        if L_small is None:
+            self._record(job, outcome)
+            return
+        self.batch.append((job, L_small, outcome))
+        if len(self.batch) >= self.options.batch_size:
+            self._run_model()
+
+    def _run_model(self) -> None:
+        started = time.perf_counter()
+        results = predict_in_halves(self.runner.predict, [L for _, L, _ in self.batch])
+        share = (time.perf_counter() - started) / len(self.batch)
+        for (job, _, prepared), result in zip(self.batch, results, strict=True):
+            if isinstance(result, Exception):
+                self._record(
+                    job, Outcome("failed", f"model error: {str(result)[:200]}", prepared.width, prepared.height)
+                )
+                continue
+            future = self.executor.submit(
+                finish, job, result, self.options.quality, self.options.max_pixels, self.runner.description
+            )
+            self.finishing.append((job, future, prepared.seconds + share))
+        self.batch.clear()
+        self._collect(keep=self.window)
+
+    def _collect(self, keep: int) -> None:
+        """Record finished writes; wait for the oldest while more than `keep` are in flight."""
+        while self.finishing and (self.finishing[0][1].done() or len(self.finishing) > keep):
+            job, future, seconds_before = self.finishing.popleft()
+            try:
+                outcome = future.result()
+            except Exception as e:
+                outcome = Outcome("failed", f"worker error: {type(e).__name__}: {e}")
+            outcome.seconds += seconds_before
+            self._record(job, outcome)
+
+    def _record(self, job: Job, outcome: Outcome) -> None:
+        self.summary.rows[job.index] = (job.relative, outcome)
+        self.bar.update(1)
+
+
+def write_report(path: Path, summary: Summary) -> None:
+    rows = [
+        {
+            "path": relative,
+            "status": o.status,
+            "reason": o.reason,
+            "width": o.width,
+            "height": o.height,
+            "seconds": round(o.seconds, 4),
+        }
+        for _, (relative, o) in sorted(summary.rows.items())
+    ]
+    report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    for column in ("width", "height"):
+        report[column] = report[column].astype("Int64")
+    with atomic_path(path) as tmp:
+        report.to_csv(tmp, index=False)

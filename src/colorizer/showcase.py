@@ -1,0 +1,74 @@
+"""The `colorize` DVC stage: run bulk colorization on a small input (by default greyscale copies of
+the test split) and lay out a contact sheet, greyscale | colorized | original, for a quick look."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from colorizer.colorize import ColorizeOptions, colorize
+from colorizer.config import ColorizeConfig
+from colorizer.files import atomic_write_json
+from colorizer.images import read_rgb, save_png
+from colorizer.visualize import tile
+
+TEST_SPLIT = "test-split"
+
+
+def greyscale_copies(fetched_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """Write the test split as 8-bit greyscale PNGs; returns {file name: original colour photo}."""
+    manifest = pd.read_parquet(fetched_dir / "manifest.parquet")
+    test = manifest[(manifest.status == "ok") & (manifest.split == "test")]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    originals = {}
+    for photo in test.itertuples():
+        original = fetched_dir / "images" / photo.file
+        save_png(out_dir / photo.file, np.asarray(Image.fromarray(read_rgb(original)).convert("L")))
+        originals[photo.file] = original
+    return originals
+
+
+def thumbnail(rgb: np.ndarray, height: int) -> np.ndarray:
+    width = max(1, round(rgb.shape[1] * height / rgb.shape[0]))
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def contact_sheet(rows: list[list[np.ndarray]], height: int) -> np.ndarray:
+    """One row per photo; thumbnails padded to the widest so the columns line up."""
+    thumbs = [[thumbnail(image, height) for image in row] for row in rows]
+    width = max(t.shape[1] for row in thumbs for t in row)
+    padded = [
+        [np.pad(t, ((0, 0), (0, width - t.shape[1]), (0, 0)), constant_values=255) for t in row] for row in thumbs
+    ]
+    return tile(padded, gap=4)
+
+
+def run_colorize_stage(
+    cfg: ColorizeConfig, fetched_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path
+) -> dict:
+    originals: dict[str, Path] = {}
+    if cfg.input == TEST_SPLIT:
+        source = out_dir / "input"
+        originals = greyscale_copies(fetched_dir, source)
+    else:
+        source = Path(cfg.input)
+    outputs = out_dir / "output"
+    options = ColorizeOptions(batch_size=cfg.batch_size, workers=cfg.workers, overwrite=True)
+    summary = colorize(source, outputs, model_dir, options)
+    rows = []
+    for relative, outcome in sorted(summary.rows.values(), key=lambda row: row[0])[: cfg.contact_sheet_rows]:
+        if outcome.status != "done":
+            continue
+        row = [read_rgb(source / relative) if source.is_dir() else None, read_rgb(outputs / relative)]
+        if relative in originals:
+            row.append(read_rgb(originals[relative]))
+        rows.append([image for image in row if image is not None])
+    if rows:
+        save_png(out_dir / "contact_sheet.png", contact_sheet(rows, cfg.thumbnail_height))
+    counts = {status: summary.count(status) for status in ("done", "skipped", "failed")}
+    atomic_write_json(metrics_path, counts)
+    return counts
