@@ -19,10 +19,10 @@ def conv_bn(c_in: int, c_out: int) -> int:
 
 
 def expected_generator_parameters(widths: list[int]) -> int:
-    down = sum(conv_bn(c_in, c_out) for c_in, c_out in zip([1] + widths[:-1], widths))
+    down = sum(conv_bn(c_in, c_out) for c_in, c_out in zip([1] + widths[:-1], widths, strict=True))
     outs = list(reversed(widths[:-1])) + [widths[0]]
     ins = [widths[-1]] + [2 * c for c in outs[:-1]]
-    up = sum(conv_bn(c_in, c_out) for c_in, c_out in zip(ins, outs))
+    up = sum(conv_bn(c_in, c_out) for c_in, c_out in zip(ins, outs, strict=True))
     return down + up + 9 * widths[0] * 2 + 2
 
 
