@@ -39,6 +39,9 @@ def test_make_run_trains_evaluates_and_tracks(pipeline_repo):
     assert evaluation["val"]["baseline"]["colourfulness"] < 1.0  # ab = 0 is grey
     assert (root / "plots" / "train.csv").read_text().count("\n") == 3  # header + 2 epochs
     assert sorted(p.name for p in (root / "work" / "train" / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    colorized = json.loads((root / "metrics" / "colorize.json").read_text())
+    assert colorized["done"] == evaluation["test"]["images"] and colorized["failed"] == 0
+    assert (root / "work" / "colorize" / "contact_sheet.png").stat().st_size > 0
     [mlflow_run] = mlflow_runs(root)
     assert mlflow_run.info.status == "FINISHED"
     assert "eval_val_model_l1" in mlflow_run.data.metrics and "val_g_l1" in mlflow_run.data.metrics

@@ -1,0 +1,241 @@
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageCms
+
+from colorizer.checkpoints import export_model
+from colorizer.cli import main
+from colorizer.colorize import REPORT_NAME, ColorizeOptions, colorize, predict_in_halves
+from colorizer.lab import rgb_to_lab
+from colorizer.models import Discriminator, Generator
+from tests.conftest import colourful, encode
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A real exported model (random weights: these tests are about the plumbing, not the colours)."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("model")
+    export_model(out, Generator([8, 16, 16, 16, 16], 32).eval(), Discriminator([8, 16]), {"mlflow_run_id": None})
+    return out
+
+
+def grey(width, height, seed=0):
+    return np.asarray(Image.fromarray(colourful(width, height, seed=seed)).convert("L"))
+
+
+def run(src, dst, model_dir, **options):
+    options.setdefault("workers", 1)
+    return colorize(src, dst, model_dir, ColorizeOptions(**options))
+
+
+def report(dst):
+    return pd.read_csv(dst / REPORT_NAME, keep_default_na=False).set_index("path")
+
+
+def test_output_size_matches_input_including_exif_rotation_and_extremes(tmp_path, model_dir):
+    src = tmp_path / "src"
+    (src / "nested" / "deeper").mkdir(parents=True)
+    Image.fromarray(grey(1, 1)).save(src / "one pixel.png")
+    Image.fromarray(grey(6000, 150)).save(src / "nested" / "panorama.jpg", quality=80)
+    rotated = Image.fromarray(grey(80, 40))
+    exif = rotated.getexif()
+    exif[0x0112] = 6
+    rotated.save(src / "nested" / "deeper" / "rotated.jpg", exif=exif.tobytes())
+    Image.fromarray(grey(64, 48)).save(src / "nested" / "ünïcødé name ✓.png")
+    (src / "notes.txt").write_text("not a photo, and not named like one: ignored")
+
+    summary = run(src, tmp_path / "dst", model_dir)
+
+    rows = report(tmp_path / "dst")
+    assert sorted(rows.index) == ["nested/deeper/rotated.jpg", "nested/panorama.jpg", "nested/ünïcødé name ✓.png",
+                                  "one pixel.png"]
+    assert (rows.status == "done").all() and summary.count("done") == 4
+    expected = {"one pixel.png": (1, 1), "nested/panorama.jpg": (6000, 150), "nested/deeper/rotated.jpg": (40, 80),
+                "nested/ünïcødé name ✓.png": (64, 48)}
+    for relative, size in expected.items():
+        with Image.open(tmp_path / "dst" / relative) as out:
+            out.load()
+            assert out.size == size, relative
+            assert out.getexif().get(0x0112, 1) == 1  # upright pixels, orientation reset
+        assert (rows.loc[relative, "width"], rows.loc[relative, "height"]) == size
+
+
+def test_output_keeps_the_original_L_and_is_coloured(tmp_path, model_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(grey(96, 64)).save(src / "scan.png")
+    run(src, tmp_path / "dst", model_dir)
+    out = np.asarray(Image.open(tmp_path / "dst" / "scan.png").convert("RGB"))
+    L_in = rgb_to_lab(np.repeat(grey(96, 64)[..., None], 3, axis=2))[..., 0]
+    L_out = rgb_to_lab(out)[..., 0]
+    assert np.median(np.abs(L_out - L_in)) < 1.0  # the photo's own L, full resolution (gamut clips a few)
+    assert np.abs(rgb_to_lab(out)[..., 1:]).mean() > 0.5  # and not grey any more
+
+
+def test_bad_inputs_are_failed_rows_and_the_run_goes_on(tmp_path, model_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "text.png").write_text("hello")
+    good = encode(grey(64, 64), "JPEG")
+    (src / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    Image.fromarray(grey(400, 300)).save(src / "bomb.png")
+    Image.fromarray(grey(32, 32)).save(src / "fine.png")
+    run(src, tmp_path / "dst", model_dir, max_pixels=100_000)
+    rows = report(tmp_path / "dst")
+    assert rows.loc["fine.png", "status"] == "done"
+    assert rows.loc["empty.jpg", "reason"] == "empty file"
+    assert rows.loc["text.png", "reason"] == "not an image"
+    assert rows.loc["truncated.jpg", "reason"].startswith("truncated")
+    assert rows.loc["bomb.png", "reason"].startswith("decompression bomb")
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [REPORT_NAME, "fine.png"]  # nothing half-done
+
+
+def test_strict_exit_code_and_fatal_errors(tmp_path, model_dir, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+    args = [str(src), str(tmp_path / "dst"), "--model", str(model_dir), "--workers", "0"]
+    assert main(["colorize", *args]) == 0
+    assert main(["colorize", *args, "--strict", "--overwrite"]) == 1
+    assert main(["colorize", str(tmp_path / "missing"), str(tmp_path / "dst"), "--model", str(model_dir)]) == 2
+    assert main(["colorize", str(src), str(tmp_path / "dst"), "--model", str(tmp_path / "no-model")]) == 2
+    (tmp_path / "a-file").write_text("x")
+    assert main(["colorize", str(src), str(tmp_path / "a-file" / "dst"), "--model", str(model_dir)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("colorizer colorize:")]
+    assert len(errors) == 3
+    assert "no such folder or archive" in errors[0] and "no trained model here" in errors[1]
+    assert "cannot write here" in errors[2]
+
+
+def test_modes_alpha_icc_exif_and_provenance(tmp_path, model_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    ramp = (np.linspace(0, 65535, 64)[None, :].repeat(32, 0)).astype(np.uint16)
+    Image.fromarray(ramp).save(src / "sixteen.png")
+    rgba = np.dstack([np.repeat(grey(40, 30)[..., None], 3, axis=2), np.full((30, 40), 128, np.uint8)])
+    rgba[:, :10, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(src / "alpha.png")
+    palette = Image.fromarray(grey(40, 30)).convert("P")
+    palette.save(src / "palette.gif")
+    Image.new("CMYK", (40, 30), (0, 0, 0, 100)).save(src / "cmyk.jpg")
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tagged = Image.fromarray(colourful(40, 30))
+    exif = tagged.getexif()
+    exif[0x010F] = "ScanCo"  # Make
+    tagged.save(src / "tagged.jpg", icc_profile=srgb, exif=exif.tobytes())
+
+    run(src, tmp_path / "dst", model_dir)
+    assert (report(tmp_path / "dst").status == "done").all()
+    dst = tmp_path / "dst"
+    sixteen = np.asarray(Image.open(dst / "sixteen.png").convert("L"))
+    assert sixteen[:, :8].mean() < 40 and (sixteen < 250).mean() > 0.85  # scaled, not clipped to white
+    alpha = Image.open(dst / "alpha.png")
+    assert alpha.mode == "RGBA" and np.array_equal(np.asarray(alpha)[..., 3], rgba[..., 3])
+    assert Image.open(dst / "palette.gif").size == (40, 30)
+    assert Image.open(dst / "cmyk.jpg").mode == "RGB"
+    with Image.open(dst / "tagged.jpg") as out:
+        assert out.info.get("icc_profile") == srgb
+        kept = out.getexif()
+        assert kept[0x010F] == "ScanCo" and kept[0x0131] == "colorizer" and "model sha256" in kept[0x010E]
+    with Image.open(dst / "sixteen.png") as out:
+        assert out.text["Software"] == "colorizer" and "model sha256" in out.text["Description"]
+
+
+def test_format_option_and_overwrite(tmp_path, model_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(grey(40, 30)).save(src / "a.tif")
+    run(src, tmp_path / "dst", model_dir, format="WEBP")
+    assert Image.open(tmp_path / "dst" / "a.webp").format == "WEBP"
+    again = run(src, tmp_path / "dst", model_dir, format="WEBP")
+    assert again.count("skipped") == 1 and again.count("done") == 0
+    forced = run(src, tmp_path / "dst", model_dir, format="WEBP", overwrite=True)
+    assert forced.count("done") == 1
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_archives_refuse_traversal_and_links(tmp_path, model_dir, kind):
+    good = encode(grey(40, 30), "PNG")
+    archive_path = tmp_path / f"scans.{kind}"
+    if kind == "zip":
+        with zipfile.ZipFile(archive_path, "w") as archive:
+            archive.writestr("box 1/page.png", good)
+            archive.writestr("../../escape.png", good)
+            archive.writestr("/etc/evil.png", good)
+    else:
+        with tarfile.open(archive_path, "w:gz") as archive:
+            for name in ("box 1/page.png", "../../escape.png"):
+                info = tarfile.TarInfo(name)
+                info.size = len(good)
+                archive.addfile(info, io.BytesIO(good))
+            link = tarfile.TarInfo("link.png")
+            link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            archive.addfile(link)
+    dst = tmp_path / "out" / "dst"
+    run(archive_path, dst, model_dir)
+    rows = report(dst)
+    assert rows.loc["box 1/page.png", "status"] == "done" and (dst / "box 1" / "page.png").is_file()
+    assert rows.loc["../../escape.png", "reason"].startswith("unsafe path")
+    assert (rows.status == "failed").sum() == 2
+    assert not (tmp_path / "escape.png").exists() and not (tmp_path / "out" / "escape.png").exists()
+
+
+def test_model_errors_retry_smaller_batches_then_fail_only_that_image():
+    seen = []
+
+    def picky_model(batch):
+        seen.append(len(batch))
+        if len(batch) > 2:
+            raise RuntimeError("out of memory (injected)")
+        if (batch == 7).any():
+            raise RuntimeError("bad input (injected)")
+        return batch * 2
+
+    batch = [np.full((1, 2, 2), i, np.float32) for i in range(8)]
+    results = predict_in_halves(picky_model, batch)
+    assert seen[:3] == [8, 4, 2]
+    assert [isinstance(r, Exception) for r in results] == [False] * 7 + [True]
+    assert float(results[3].mean()) == 6.0
+
+
+def test_killed_run_resumes_without_redoing_work(tmp_path, model_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):
+        Image.fromarray(grey(640, 480, seed=i)).save(src / f"scan {i:03d}.png")
+    dst = tmp_path / "dst"
+    command = [sys.executable, "-m", "colorizer.cli", "colorize", str(src), str(dst), "--model", str(model_dir),
+               "--workers", "1", "--batch-size", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(dst.glob("scan*.png"))) < 5:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # kill -9 the whole job, workers included
+    process.wait()
+    time.sleep(0.2)
+    finished = sorted(p.name for p in dst.glob("scan*.png"))
+    assert 5 <= len(finished) < 60, "the kill should land mid-run"
+    for name in finished:
+        with Image.open(dst / name) as out:
+            out.load()  # every file that has its final name is whole
+            assert out.size == (640, 480)
+
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = report(dst)
+    assert len(rows) == 60 and set(rows.status) <= {"done", "skipped"}
+    assert sorted(rows.index[rows.status == "skipped"]) == finished  # none redone
+    assert not [p for p in dst.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert os.path.getsize(dst / REPORT_NAME) > 0
