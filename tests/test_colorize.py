@@ -9,6 +9,7 @@ import zipfile
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import torch
 from PIL import Image, ImageCms
@@ -58,11 +59,19 @@ def test_output_size_matches_input_including_exif_rotation_and_extremes(tmp_path
     summary = run(src, tmp_path / "dst", model_dir)
 
     rows = report(tmp_path / "dst")
-    assert sorted(rows.index) == ["nested/deeper/rotated.jpg", "nested/panorama.jpg", "nested/ünïcødé name ✓.png",
-                                  "one pixel.png"]
+    assert sorted(rows.index) == [
+        "nested/deeper/rotated.jpg",
+        "nested/panorama.jpg",
+        "nested/ünïcødé name ✓.png",
+        "one pixel.png",
+    ]
     assert (rows.status == "done").all() and summary.count("done") == 4
-    expected = {"one pixel.png": (1, 1), "nested/panorama.jpg": (6000, 150), "nested/deeper/rotated.jpg": (40, 80),
-                "nested/ünïcødé name ✓.png": (64, 48)}
+    expected = {
+        "one pixel.png": (1, 1),
+        "nested/panorama.jpg": (6000, 150),
+        "nested/deeper/rotated.jpg": (40, 80),
+        "nested/ünïcødé name ✓.png": (64, 48),
+    }
     for relative, size in expected.items():
         with Image.open(tmp_path / "dst" / relative) as out:
             out.load()
@@ -216,15 +225,30 @@ def test_killed_run_resumes_without_redoing_work(tmp_path, model_dir):
     for i in range(60):
         Image.fromarray(grey(640, 480, seed=i)).save(src / f"scan {i:03d}.png")
     dst = tmp_path / "dst"
-    command = [sys.executable, "-m", "colorizer.cli", "colorize", str(src), str(dst), "--model", str(model_dir),
-               "--workers", "1", "--batch-size", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "colorizer.cli",
+        "colorize",
+        str(src),
+        str(dst),
+        "--model",
+        str(model_dir),
+        "--workers",
+        "1",
+        "--batch-size",
+        "2",
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(dst.glob("scan*.png"))) < 5:
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # kill -9 the whole job, workers included
+    helpers = psutil.Process(process.pid).children(recursive=True)  # fork server and workers
+    assert helpers, "colorize should run worker processes"
+    process.send_signal(signal.SIGKILL)  # kill -9 of the job's main process only
     process.wait()
-    time.sleep(0.2)
+    gone, alive = psutil.wait_procs(helpers, timeout=10)
+    assert not alive, "workers must not outlive a killed run"
     finished = sorted(p.name for p in dst.glob("scan*.png"))
     assert 5 <= len(finished) < 60, "the kill should land mid-run"
     for name in finished:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from colorizer.config import UserError
 from colorizer.files import atomic_path, is_temp_name, progress
 from colorizer.images import FORMAT_SUFFIXES, SUFFIX_FORMATS, RejectedImage, decode, save_colorized
 from colorizer.lab import L_from_rgb, denormalize_ab, lab_to_rgb_uint8, normalize_L
+from colorizer.parallel import process_pool
 from colorizer.sources import ARCHIVE_SUFFIXES, ArchiveLimits, Rejected, archive_candidates
 from colorizer.train import autocast_dtype, pick_device
 
@@ -266,7 +267,7 @@ def colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions) ->
     started = time.perf_counter()
     bar = progress(None, desc="colorize", total=len(summary.rows) + len(todo))
     bar.update(len(summary.rows))
-    executor = InlineExecutor() if workers == 0 else ProcessPoolExecutor(workers, initializer=_init_worker)
+    executor = InlineExecutor() if workers == 0 else process_pool(workers, _init_worker)
     try:
         _Pipeline(runner, executor, options, summary, bar, workers).run(todo)
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +18,7 @@ import pandas as pd
 from colorizer.config import FetchConfig, SplitConfig
 from colorizer.files import atomic_path, atomic_write_bytes, atomic_write_json, progress
 from colorizer.images import RejectedImage, content_id, decode, encode_png, reject_reason
+from colorizer.parallel import process_pool
 from colorizer.sources import (
     ArchiveLimits,
     Candidate,
@@ -107,11 +108,11 @@ def _decode_all(
     if workers == 1:
         yield from (job if isinstance(job, dict) else decode_and_store(job) for job in jobs)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with process_pool(workers) as pool:
         yield from _in_order(pool, jobs, window=4 * workers)
 
 
-def _in_order(pool: ProcessPoolExecutor, jobs: Iterable[DecodeJob | dict], window: int) -> Iterator[dict]:
+def _in_order(pool: Executor, jobs: Iterable[DecodeJob | dict], window: int) -> Iterator[dict]:
     """Results in submission order with at most `window` jobs in flight (bounded memory)."""
     pending: deque[Future | dict] = deque()
     for job in jobs:

@@ -1,0 +1,1 @@
+"""`make bench`: measured speed ratios (never run as tests)."""

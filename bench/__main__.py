@@ -1,0 +1,304 @@
+"""`make bench`: ours vs a naive reference vs the machine's limit, all measured in this one run.
+
+Prints a table, then ONE line of JSON with every figure (images/s unless the key says otherwise).
+Absolute times on shared machines are noisy; the ratios are what we track.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from bench.common import matmul_gflops, sync, time_calls
+from colorizer.checkpoints import export_model
+from colorizer.colorize import ColorizeOptions, ModelRunner, colorize
+from colorizer.config import PIX2PIX_WIDTHS, ModelConfig, TrainConfig, parse_params
+from colorizer.models import Discriminator, Generator
+from colorizer.shards import LabShardDataset, write_shards
+from colorizer.train import build_gan, make_loader, pick_device, train
+
+SIZE, BATCH = 256, 8  # the design document's configuration
+DISCRIMINATOR_WIDTHS = [64, 128, 256, 512]
+
+
+def naive_train_step(generator, discriminator, opt_g, opt_d, L, ab) -> None:
+    """What a tutorial pix2pix step does: fp32, eager, NCHW, default optimizer settings."""
+    fake = generator(L)
+    opt_d.zero_grad()
+    real_logits = discriminator(torch.cat([L, ab], 1))
+    fake_logits = discriminator(torch.cat([L, fake.detach()], 1))
+    d_loss = F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    d_loss.backward()
+    opt_d.step()
+    opt_g.zero_grad()
+    fake_logits = discriminator(torch.cat([L, fake], 1))
+    g_loss = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits)) + 100 * F.l1_loss(fake, ab)
+    g_loss.backward()
+    opt_g.step()
+
+
+def naive_train_seconds(device: torch.device, L: torch.Tensor, ab: torch.Tensor, repeats: int) -> float:
+    generator = Generator(PIX2PIX_WIDTHS, SIZE).to(device)
+    discriminator = Discriminator(DISCRIMINATOR_WIDTHS).to(device)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    return time_calls(lambda: naive_train_step(generator, discriminator, opt_g, opt_d, L, ab), device, repeats=repeats)
+
+
+def bench_train(device: torch.device, peaks: dict[str, float], repeats: int) -> dict:
+    torch.manual_seed(0)
+    L = torch.rand(BATCH, 1, SIZE, SIZE, device=device) * 2 - 1
+    ab = (torch.rand(BATCH, 2, SIZE, SIZE, device=device) * 2 - 1) * 0.5
+
+    naive_s = naive_train_seconds(device, L, ab, repeats)
+
+    gan = build_gan(ModelConfig(), TrainConfig(), SIZE, device)  # exactly as `train` builds it by default
+    L_ours, ab_ours = gan.to_device(L), gan.to_device(ab)
+    ours_s = time_calls(lambda: gan.train_step(L_ours, ab_ours), device, repeats=repeats)
+    with FlopCounterMode(display=False) as counter:
+        gan.train_step(L_ours, ab_ours)
+    flops = counter.get_total_flops()
+    dtype = "bf16" if gan.amp_dtype == torch.bfloat16 else "fp32"
+    return {
+        "train_naive_img_s": BATCH / naive_s,
+        "train_img_s": BATCH / ours_s,
+        "train_flops_per_step": flops,
+        "train_dtype": dtype,
+        "train_mfu": flops / ours_s / (peaks[dtype] * 1e9),
+    }
+
+
+def bench_loader(root: Path, device: torch.device) -> dict:
+    """Images/s the training loader delivers from 256x256 shards, with the default workers."""
+    rng = np.random.default_rng(0)
+    count = 512
+    packs = root / "packs"
+    packs.mkdir()
+    np.save(packs / "train.npy", rng.integers(0, 256, (count, SIZE, SIZE, 3), dtype=np.uint8))
+    for split in ("val", "test"):
+        np.save(packs / f"{split}.npy", np.zeros((0, SIZE, SIZE, 3), np.uint8))
+    import pandas as pd
+
+    pd.DataFrame({"split": ["train"] * count, "row": range(count), "id": map(str, range(count))}).to_parquet(
+        packs / "index.parquet"
+    )
+    write_shards(packs, root / "shards", images_per_shard=128)
+    dataset = LabShardDataset(root / "shards", "train")
+    cfg = TrainConfig()
+    loader = make_loader(
+        dataset, BATCH, cfg.loader_workers, torch.Generator().manual_seed(0), pin_memory=device.type == "cuda"
+    )
+
+    def one_epoch():
+        for L, ab in loader:
+            L.to(device, non_blocking=True), ab.to(device, non_blocking=True)
+
+    seconds = time_calls(one_epoch, device, warmup=1, repeats=3)
+    return {"loader_img_s": (count // BATCH) * BATCH / seconds}
+
+
+def bench_infer(model_dir: Path, device: torch.device, repeats: int) -> dict:
+    generator = Generator(PIX2PIX_WIDTHS, SIZE).to(device).eval()
+    x = torch.rand(BATCH, 1, SIZE, SIZE, device=device) * 2 - 1
+
+    def naive():
+        with torch.no_grad():
+            generator(x)
+
+    naive_s = time_calls(naive, device, repeats=repeats)
+    runner = ModelRunner(model_dir, ColorizeOptions(device=device.type))
+    batch = np.random.default_rng(0).uniform(-1, 1, (BATCH, 1, SIZE, SIZE)).astype(np.float32)
+    ours_s = time_calls(lambda: runner.predict(batch), device, repeats=repeats)  # numpy in, numpy out
+    return {"infer_naive_img_s": BATCH / naive_s, "infer_img_s": BATCH / ours_s}
+
+
+def write_jpegs(folder: Path, count: int, width: int = 1024, height: int = 768) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    for i in range(count):
+        grey = (127 + 100 * np.sin(x / (40 + i) + y / 60) + rng.normal(0, 8, (height, width))).clip(0, 255)
+        Image.fromarray(grey.astype(np.uint8)).save(folder / f"scan_{i:03d}.jpg", quality=90)
+
+
+def bench_colorize(root: Path, model_dir: Path, device: torch.device) -> dict:
+    write_jpegs(root / "warmup", 8)
+    write_jpegs(root / "scans", 64)
+    options = ColorizeOptions(device=device.type, batch_size=BATCH)
+    colorize(root / "warmup", root / "warmup-out", model_dir, options)
+    started = time.perf_counter()
+    summary = colorize(root / "scans", root / "colorized", model_dir, options)
+    seconds = time.perf_counter() - started
+    assert summary.count("done") == 64, "colorize failed on some benchmark images"
+    return {"colorize_e2e_img_s": 64 / seconds}
+
+
+def quality_check(root: Path, device: torch.device) -> dict:
+    """The fast path must not cost quality: same data, seed and steps in fp32 and by default."""
+    from tests.conftest import write_tiny_shards
+
+    shards = write_tiny_shards(root / "quality", size=64, counts=(("train", 96), ("val", 16), ("test", 0)))
+    results = {}
+    os.environ["DVC_ROOT"] = str(root / "quality")  # a throwaway MLflow store
+    for precision in ("fp32", "auto"):
+        params = parse_params(
+            {
+                "seed": 1,
+                "model": {"width_multiplier": 0.25},
+                "train": {"epochs": 4, "batch_size": 16, "precision": precision},
+            }
+        )
+        out = root / "quality" / precision
+        final = train(params, shards, out / "model", out / "state", out / "plots.csv", out / "m.json", log_model=False)
+        results[precision] = final["val_g_l1"]
+    return {
+        "quality_val_l1_fp32": results["fp32"],
+        "quality_val_l1_fast": results["auto"],
+        "quality_gap": abs(results["auto"] - results["fp32"]) / results["fp32"],
+    }
+
+
+PEAK_TRAIN = """
+import resource, torch
+from colorizer.config import ModelConfig, TrainConfig
+from colorizer.train import build_gan, pick_device
+gan = build_gan(ModelConfig(), TrainConfig(), 256, pick_device('auto'))
+L, ab = torch.zeros(8, 1, 256, 256), torch.zeros(8, 2, 256, 256)
+for _ in range(2):
+    gan.train_step(gan.to_device(L), gan.to_device(ab))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_memory(root: Path, model_dir: Path) -> dict:
+    """Max RSS (MiB) of training at the 256 preset, and of colorizing one 6000x4000 photo."""
+    train_kib = int(
+        subprocess.run([sys.executable, "-c", PEAK_TRAIN], capture_output=True, text=True, check=True).stdout.split()[
+            -1
+        ]
+    )
+    write_jpegs(root / "huge", 1, 6000, 4000)
+    measure = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    colorizer_bin = str(Path(sys.executable).parent / "colorizer")
+    colorize_kib = int(
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                measure,
+                colorizer_bin,
+                "colorize",
+                str(root / "huge"),
+                str(root / "huge-out"),
+                "--model",
+                str(model_dir),
+                "--workers",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[-1]
+    )
+    return {"train_peak_rss_mib": train_kib / 1024, "colorize_6000x4000_peak_rss_mib": colorize_kib / 1024}
+
+
+def main() -> None:
+    device = pick_device("auto")
+    repeats = 3 if device.type == "cpu" else 20
+    figures: dict = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine(),
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": datetime.date.today().isoformat(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        figures["matmul_gflops_fp32"] = matmul_gflops(torch.float32, device)
+        figures["matmul_gflops_bf16"] = matmul_gflops(torch.bfloat16, device)
+        peaks = {"fp32": figures["matmul_gflops_fp32"], "bf16": figures["matmul_gflops_bf16"]}
+        print("train ...", file=sys.stderr)
+        figures |= bench_train(device, peaks, repeats)
+        model_dir = root / "model"
+        export_model(
+            model_dir,
+            Generator(PIX2PIX_WIDTHS, SIZE).eval(),
+            Discriminator(DISCRIMINATOR_WIDTHS),
+            {"mlflow_run_id": None},
+        )
+        print("loader, inference, colorize ...", file=sys.stderr)
+        figures |= bench_loader(root, device)
+        figures |= bench_infer(model_dir, device, repeats)
+        figures |= bench_colorize(root, model_dir, device)
+        print("quality, memory ...", file=sys.stderr)
+        figures |= quality_check(root, device)
+        figures |= peak_memory(root, model_dir)
+    sync(device)
+    print_table(figures)
+    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}))
+
+
+def print_table(f: dict) -> None:
+    rows = [
+        ("matmul limit fp32 / bf16 (GFLOP/s)", f"{f['matmul_gflops_fp32']:.0f} / {f['matmul_gflops_bf16']:.0f}", ""),
+        ("train step, naive fp32 (img/s)", f"{f['train_naive_img_s']:.2f}", ""),
+        (
+            "train step, ours (img/s)",
+            f"{f['train_img_s']:.2f}",
+            f"{f['train_img_s'] / f['train_naive_img_s']:.2f}x naive (target 2.5x)",
+        ),
+        (f"train MFU vs {f['train_dtype']} matmul peak", f"{f['train_mfu']:.2f}", "target 0.5"),
+        (
+            "loader from shards (img/s)",
+            f"{f['loader_img_s']:.0f}",
+            f"{f['loader_img_s'] / f['train_img_s']:.0f}x train (target 10x)",
+        ),
+        ("generator inference, naive fp32 (img/s)", f"{f['infer_naive_img_s']:.2f}", ""),
+        (
+            "generator inference, ours (img/s)",
+            f"{f['infer_img_s']:.2f}",
+            f"{f['infer_img_s'] / f['infer_naive_img_s']:.2f}x naive (target 1.8x)",
+        ),
+        (
+            "colorize end to end, 1024x768 JPEG (img/s)",
+            f"{f['colorize_e2e_img_s']:.2f}",
+            f"{f['colorize_e2e_img_s'] / f['infer_img_s']:.2f}x inference (target 0.8x)",
+        ),
+        (
+            "val L1 after a fixed run: fp32 / fast",
+            f"{f['quality_val_l1_fp32']:.4f} / {f['quality_val_l1_fast']:.4f}",
+            f"gap {100 * f['quality_gap']:.1f}% (bound 5%)",
+        ),
+        (
+            "peak RSS: train 256 preset / colorize 6000x4000 (MiB)",
+            f"{f['train_peak_rss_mib']:.0f} / {f['colorize_6000x4000_peak_rss_mib']:.0f}",
+            "",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"# make bench: {f['date']}, {f['device']}, torch {f['torch_version']}, {f['threads']} threads")
+    for name, value, ratio in rows:
+        print(f"{name:<{width}}  {value:>15}  {ratio}")
+
+
+if __name__ == "__main__":
+    main()
