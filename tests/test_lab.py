@@ -3,6 +3,7 @@ import pytest
 from skimage.color import lab2rgb, rgb2lab
 
 from colorizer.lab import (
+    L_from_grey,
     L_from_rgb,
     denormalize_ab,
     denormalize_L,
@@ -42,6 +43,11 @@ def test_out_of_gamut_lab_is_clipped_like_scikit_image():
 def test_lab_to_rgb_keeps_leading_dimensions():
     lab = rgb_to_lab(ALL_RGB_SAMPLE[:60].reshape(3, 4, 5, 3))
     assert lab_to_rgb(lab).shape == (3, 4, 5, 3)
+
+
+def test_L_from_grey_is_the_L_of_equal_channels():
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    np.testing.assert_allclose(L_from_grey(grey), rgb_to_lab(np.repeat(grey[..., None], 3, axis=2))[..., 0], atol=1e-3)
 
 
 def test_L_from_rgb_equals_the_L_of_rgb_to_lab():

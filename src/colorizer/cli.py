@@ -120,7 +120,7 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--size", type=int, help="model input size (default: the size it was trained at)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default: %(default)s)")
-    parser.add_argument("--workers", type=int, help="decode/encode processes (default: cores - 1; 0: none)")
+    parser.add_argument("--workers", type=int, help="decode/encode processes (default: cores - 1, at least 2; 0: none)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument(
         "--format", type=str.upper, choices=sorted(FORMAT_SUFFIXES), help="output format (default: the input's)"

@@ -133,7 +133,7 @@ class EvaluateConfig(Section):
 class ColorizeConfig(Section):
     input: str = "test-split"  # or a folder/archive of greyscale scans
     batch_size: int = Field(8, gt=0)
-    workers: int | None = Field(None, ge=0)  # None: one per core but one
+    workers: int | None = Field(None, ge=0)  # None: cores - 1, at least 2
     thumbnail_height: int = Field(160, ge=16)
     contact_sheet_rows: int = Field(12, gt=0)
 

@@ -43,6 +43,10 @@ class DecodedImage:
     icc_profile: bytes | None = None
     exif: bytes | None = None
 
+    @property
+    def is_grey(self) -> bool:
+        return self.mode in GREY_MODES
+
 
 def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Image.Image:
     """Open (lazily) with the format allow-list and a pixel cap checked before any decoding."""
@@ -64,11 +68,22 @@ def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_
     return img
 
 
-def decode(data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS) -> DecodedImage:
-    """Bytes -> DecodedImage (8-bit sRGB), or RejectedImage with the reason."""
+GREY_MODES = frozenset({"1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N", "I", "F"})
+
+
+def decode(
+    data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS, at_least: int | None = None
+) -> DecodedImage:
+    """Bytes -> DecodedImage (8-bit sRGB), or RejectedImage with the reason.
+
+    `at_least`: a JPEG may be decoded at a reduced scale (DCT scaling: several times faster) as long
+    as both sides stay >= at_least; for callers that only need a small version.
+    """
     img = open_image(data, max_pixels, formats)
     fmt, icc, exif = img.format or "", img.info.get("icc_profile"), img.info.get("exif")
     try:
+        if at_least and fmt in ("JPEG", "MPO"):
+            img.draft(img.mode, (at_least, at_least))
         img.seek(0)  # first frame of GIF/TIFF/MPO
         img.load()
         stored_mode = img.mode
@@ -84,6 +99,13 @@ def decode(data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORM
     except (SyntaxError, ValueError, EOFError, IndexError) as e:
         raise RejectedImage("corrupt", str(e)) from None
     return DecodedImage(rgb=rgb, mode=stored_mode, format=fmt, alpha=alpha, icc_profile=icc, exif=exif)
+
+
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as displayed: EXIF orientations 5-8 swap the sides."""
+    width, height = img.size
+    orientation = img.getexif().get(0x0112, 1)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def to_rgb(img: Image.Image, icc_profile: bytes | None = None) -> tuple[np.ndarray, np.ndarray | None]:
