@@ -161,13 +161,14 @@ def log_generator(generator, image_size: int) -> str:
     # mlflow tries to validate the example as a serving payload, which its PyTorch flavor can't: quiet that.
     logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
     with fx_config.patch(backed_size_oblivious=True):
-        mlflow.pytorch.log_model(
+        info = mlflow.pytorch.log_model(
             generator.cpu().float().eval(),
             name="generator",
             signature=signature,
             input_example=example,
             pip_requirements=["torch==2.13.0", "mlflow"],
         )
+    return info.model_uri
 
 
 def write_plot_rows(path: Path, rows: list[dict[str, float]]) -> None:
