@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from colorizer import tracking
+from colorizer import models, tracking
 from colorizer.checkpoints import export_model, load_checkpoint, load_into, save_checkpoint
 from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig
 from colorizer.files import atomic_write_json, progress
@@ -210,12 +210,15 @@ def write_samples(gan: Gan, dataset: LabShardDataset, count: int, seed: int, pat
 
 
 def fingerprint(params: Params, shard_dir: Path) -> str:
-    """What a checkpoint must share with this run to be resumed: everything but the epoch count."""
+    """What a checkpoint must share with this run to be resumed: params but the epoch count, the data,
+    and the code of the model and the loop (a fixed bug must not be resumed past)."""
     train = params.train.model_dump(exclude={"epochs", "loader_workers", "threads", "sample_count"})
+    code = hashlib.sha256(Path(__file__).read_bytes() + Path(models.__file__).read_bytes()).hexdigest()
     payload = {
         "seed": params.seed,
         "model": params.model.model_dump(),
         "train": train,
+        "code": code,
         "data": hashlib.sha256(json.dumps(read_index(shard_dir), sort_keys=True).encode()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
