@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from colorizer.checkpoints import load_generator
-from colorizer.colorize_worker import Job, Outcome, finish, init_worker, prepare
+from colorizer.colorize_worker import Job, Outcome, finish, init_worker, init_writer, prepare
 from colorizer.config import UserError
 from colorizer.files import atomic_path, is_temp_name, progress
 from colorizer.images import (
@@ -207,11 +207,16 @@ def colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions) ->
     started = time.perf_counter()
     bar = progress(None, desc="colorize", total=len(summary.rows) + len(todo))
     bar.update(len(summary.rows))
-    executor = InlineExecutor() if workers == 0 else process_pool(workers, init_worker)
+    # Two pools: decoding for the model never queues behind the slower writes of earlier batches, and
+    # writers run at idle priority, in the model's gaps: a torch thread preempted by a writer stalls
+    # every parallel op of the model (measured: contention cost more than the overlap gained).
+    readers = InlineExecutor() if workers == 0 else process_pool(1, init_worker)
+    writers = InlineExecutor() if workers == 0 else process_pool(workers, init_writer)
     try:
-        _Pipeline(runner, executor, options, summary, bar, workers).run(todo)
+        _Pipeline(runner, readers, writers, options, summary, bar, workers).run(todo)
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        for pool in (readers, writers):
+            pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         write_report(dst / REPORT_NAME, summary)
     seconds = time.perf_counter() - started
@@ -240,9 +245,17 @@ class _Pipeline:
     so that only a few full-resolution images are ever in memory at once."""
 
     def __init__(
-        self, runner: ModelRunner, executor: Executor, options: ColorizeOptions, summary: Summary, bar, workers: int
+        self,
+        runner: ModelRunner,
+        readers: Executor,
+        writers: Executor,
+        options: ColorizeOptions,
+        summary: Summary,
+        bar,
+        workers: int,
     ):
-        self.runner, self.executor, self.options, self.summary, self.bar = runner, executor, options, summary, bar
+        self.runner, self.options, self.summary, self.bar = runner, options, summary, bar
+        self.readers, self.writers = readers, writers
         self.prepared: deque[tuple[Job, Future]] = deque()
         self.finishing: deque[tuple[Job, Future, float]] = deque()
         self.batch: list[tuple[Job, np.ndarray, Outcome]] = []
@@ -250,7 +263,7 @@ class _Pipeline:
 
     def run(self, jobs: list[Job]) -> None:
         for job in jobs:
-            self.prepared.append((job, self.executor.submit(prepare, job, self.runner.size, self.options.max_pixels)))
+            self.prepared.append((job, self.readers.submit(prepare, job, self.runner.size, self.options.max_pixels)))
             while len(self.prepared) > self.window:
                 self._take_prepared()
         while self.prepared:
@@ -282,7 +295,7 @@ class _Pipeline:
                     job, Outcome("failed", f"model error: {str(result)[:200]}", prepared.width, prepared.height)
                 )
                 continue
-            future = self.executor.submit(
+            future = self.writers.submit(
                 finish, job, result, self.options.quality, self.options.max_pixels, self.runner.description
             )
             self.finishing.append((job, future, prepared.seconds + share))

@@ -6,6 +6,7 @@ Kept free of torch and pandas so that a spawned worker starts in a fraction of a
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,13 @@ class Outcome:
 
 def init_worker() -> None:
     cv2.setNumThreads(1)  # parallelism comes from the workers; each is one thread
+
+
+def init_writer() -> None:
+    """Writers yield to the model (lowest nice, not SCHED_IDLE: that would starve them outright on a
+    machine that other jobs keep busy)."""
+    init_worker()
+    os.nice(19)
 
 
 def prepare(job: Job, size: int, max_pixels: int) -> tuple[np.ndarray | None, Outcome]:
