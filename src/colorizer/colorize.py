@@ -65,7 +65,7 @@ class Summary:
 
 
 class InlineExecutor(Executor):
-    """`--workers 0`: everything in this process (debugging, and machines where fork is unwelcome)."""
+    """`--workers 0`: everything in this process (debugging, or where starting processes is not allowed)."""
 
     def submit(self, fn, *args, **kwargs) -> Future:
         future: Future = Future()
