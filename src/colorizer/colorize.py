@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -93,9 +93,9 @@ def output_target(dst: Path, relative: str, fmt_option: str | None) -> tuple[Pat
     return target, fmt_option or SUFFIX_FORMATS[suffix]
 
 
-def enumerate_inputs(src: Path, dst: Path, fmt_option: str | None) -> Iterator[Job | tuple[str, Outcome]]:
-    """Jobs (or already-failed rows) for every image-named file in SRC, in sorted order."""
-    index = 0
+def enumerate_inputs(src: Path, dst: Path, fmt_option: str | None) -> Iterator[tuple[str, Job | Outcome]]:
+    """(relative path, job or already-failed row) for every image-named file in SRC, in sorted order.
+    Jobs are numbered later, by `colorize`, together with the failed rows."""
     if src.is_file():
         for item in archive_candidates(src, ARCHIVE_LIMITS):
             member = item.path.split("!", 1)[1] if "!" in item.path else item.path
@@ -104,23 +104,22 @@ def enumerate_inputs(src: Path, dst: Path, fmt_option: str | None) -> Iterator[J
                 continue
             placed = output_target(dst, member, fmt_option)
             if placed:
-                yield Job(index, member, str(placed[0]), placed[1], data=item.read())
-                index += 1
+                yield member, Job(0, member, str(placed[0]), placed[1], data=item.read())
         return
     resolved_dst = dst.resolve()
     for path in sorted(src.rglob("*")):
+        if path.is_dir() or path.suffix.lower() not in SUFFIX_FORMATS:
+            continue
+        resolved = path.resolve()
+        if resolved == resolved_dst or resolved_dst in resolved.parents:
+            continue  # DST inside SRC: never colorize our own outputs
         relative = path.relative_to(src).as_posix()
-        if path.is_dir() or resolved_dst in path.resolve().parents or path.resolve() == resolved_dst:
-            continue
-        if path.suffix.lower() not in SUFFIX_FORMATS:
-            continue
         if path.is_symlink():
             yield relative, Outcome("failed", "link: symbolic links are not followed")
             continue
         placed = output_target(dst, relative, fmt_option)
         if placed:
-            yield Job(index, relative, str(placed[0]), placed[1], source_file=str(path))
-            index += 1
+            yield relative, Job(0, relative, str(placed[0]), placed[1], source_file=str(path))
 
 
 def check_paths(src: Path, dst: Path) -> None:
@@ -196,20 +195,20 @@ def colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions) ->
     runner = ModelRunner(model_dir, options)
     remove_temp_leftovers(dst)
     summary, todo = Summary(), []
-    for index, (relative, item) in enumerate(_numbered(enumerate_inputs(src, dst, options.format))):
+    for index, (relative, item) in enumerate(enumerate_inputs(src, dst, options.format)):
         if isinstance(item, Outcome):
             summary.rows[index] = (relative, item)
         elif Path(item.target).exists() and not options.overwrite:
             summary.rows[index] = (relative, Outcome("skipped", "output exists"))
         else:
-            todo.append(Job(index, item.relative, item.target, item.fmt, item.source_file, item.data))
+            todo.append(replace(item, index=index))
     workers = options.workers if options.workers is not None else default_workers()
     started = time.perf_counter()
     bar = progress(None, desc="colorize", total=len(summary.rows) + len(todo))
     bar.update(len(summary.rows))
     # Two pools: decoding for the model never queues behind the slower writes of earlier batches, and
-    # writers run at idle priority, in the model's gaps: a torch thread preempted by a writer stalls
-    # every parallel op of the model (measured: contention cost more than the overlap gained).
+    # writers run at the lowest priority, mostly in the model's gaps: a torch thread preempted by a
+    # writer stalls every parallel op of the model.
     readers = InlineExecutor() if workers == 0 else process_pool(1, init_worker)
     writers = InlineExecutor() if workers == 0 else process_pool(workers, init_writer)
     try:
@@ -233,11 +232,6 @@ def default_workers() -> int:
     """One per core but one (the model's feeder), and at least 2: on a 2-core machine two workers
     overlapped the model better than one (measured with `make bench`)."""
     return max(2, (os.cpu_count() or 1) - 1)
-
-
-def _numbered(items) -> Iterator[tuple[str, Job | Outcome]]:
-    for item in items:
-        yield (item.relative, item) if isinstance(item, Job) else item
 
 
 class _Pipeline:

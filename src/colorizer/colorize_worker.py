@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from colorizer.images import RejectedImage, decode, open_image, save_colorized, upright_size
+from colorizer.images import RejectedImage, decode, save_colorized
 from colorizer.lab import L_from_grey, L_from_rgb, lab_planes_to_rgb, normalize_L, to_uint8
 
 
@@ -57,15 +57,14 @@ def prepare(job: Job, size: int, max_pixels: int) -> tuple[np.ndarray | None, Ou
     """Decode and return the model's input: L at size x size, normalised, as (1, S, S) float32."""
     started = time.perf_counter()
     try:
-        data = job.read()
-        width, height = upright_size(open_image(data, max_pixels))
-        decoded = decode(data, max_pixels, at_least=size)  # JPEGs decode at a reduced scale: faster
+        decoded = decode(job.read(), max_pixels, at_least=size)  # JPEGs decode at a reduced scale: faster
     except RejectedImage as e:
         return None, Outcome("failed", str(e)[:300])
     except OSError as e:
         return None, Outcome("failed", f"unreadable: {e}")
     small = cv2.resize(decoded.rgb, (size, size), interpolation=cv2.INTER_AREA)
     L_small = normalize_L(L_from_rgb(small))[None].astype(np.float32)
+    width, height = decoded.display_size
     return L_small, Outcome("pending", width=width, height=height, seconds=time.perf_counter() - started)
 
 

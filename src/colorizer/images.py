@@ -42,6 +42,7 @@ class DecodedImage:
     alpha: np.ndarray | None = None  # (H, W) uint8 when the file had transparency
     icc_profile: bytes | None = None
     exif: bytes | None = None
+    display_size: tuple[int, int] = (0, 0)  # (width, height) of the full image, EXIF orientation applied
 
     @property
     def is_grey(self) -> bool:
@@ -82,6 +83,7 @@ def decode(
     img = open_image(data, max_pixels, formats)
     fmt, icc, exif = img.format or "", img.info.get("icc_profile"), img.info.get("exif")
     try:
+        full_size = upright_size(img)  # before any reduced-scale decoding
         if at_least and fmt in ("JPEG", "MPO"):
             img.draft(img.mode, (at_least, at_least))
         img.seek(0)  # first frame of GIF/TIFF/MPO
@@ -96,9 +98,9 @@ def decode(
     except OSError as e:
         reason = "truncated" if "truncated" in str(e) or "broken" in str(e) else "corrupt"
         raise RejectedImage(reason, str(e)) from None
-    except (SyntaxError, ValueError, EOFError, IndexError) as e:
+    except (SyntaxError, ValueError, EOFError, IndexError, struct_error) as e:
         raise RejectedImage("corrupt", str(e)) from None
-    return DecodedImage(rgb=rgb, mode=stored_mode, format=fmt, alpha=alpha, icc_profile=icc, exif=exif)
+    return DecodedImage(rgb, stored_mode, fmt, alpha, icc, exif, full_size)
 
 
 def upright_size(img: Image.Image) -> tuple[int, int]:
