@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import matmul_gflops, sync, time_calls
+from colorizer.allocator import keep_freed_memory
 from colorizer.checkpoints import export_model
 from colorizer.colorize import ColorizeOptions, ModelRunner
 from colorizer.config import PIX2PIX_WIDTHS, ModelConfig, TrainConfig, parse_params
@@ -50,21 +51,38 @@ def naive_train_step(generator, discriminator, opt_g, opt_d, L, ab) -> None:
     opt_g.step()
 
 
-def naive_train_seconds(device: torch.device, L: torch.Tensor, ab: torch.Tensor, repeats: int) -> float:
+def bench_naive(device: torch.device, repeats: int) -> dict:
+    """The references, run first: a tutorial's training step and inference, with the process defaults
+    (before `keep_freed_memory`, which `train` and `colorize` call, changes how this process allocates)."""
+    torch.manual_seed(0)
+    L, ab = train_batch(device)
     generator = Generator(PIX2PIX_WIDTHS, SIZE).to(device)
     discriminator = Discriminator(DISCRIMINATOR_WIDTHS).to(device)
     opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    return time_calls(lambda: naive_train_step(generator, discriminator, opt_g, opt_d, L, ab), device, repeats=repeats)
+    train_s = time_calls(
+        lambda: naive_train_step(generator, discriminator, opt_g, opt_d, L, ab), device, repeats=repeats
+    )
+    generator.eval()
+    x = torch.rand(BATCH, 1, SIZE, SIZE, device=device) * 2 - 1
+
+    def infer():
+        with torch.no_grad():
+            generator(x)
+
+    infer_s = time_calls(infer, device, repeats=repeats)
+    return {"train_naive_img_s": BATCH / train_s, "infer_naive_img_s": BATCH / infer_s}
+
+
+def train_batch(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    L = torch.rand(BATCH, 1, SIZE, SIZE, device=device) * 2 - 1
+    ab = (torch.rand(BATCH, 2, SIZE, SIZE, device=device) * 2 - 1) * 0.5
+    return L, ab
 
 
 def bench_train(device: torch.device, peaks: dict[str, float], repeats: int) -> dict:
     torch.manual_seed(0)
-    L = torch.rand(BATCH, 1, SIZE, SIZE, device=device) * 2 - 1
-    ab = (torch.rand(BATCH, 2, SIZE, SIZE, device=device) * 2 - 1) * 0.5
-
-    naive_s = naive_train_seconds(device, L, ab, repeats)
-
+    L, ab = train_batch(device)
     gan = build_gan(ModelConfig(), TrainConfig(), SIZE, device)  # exactly as `train` builds it by default
     L_ours, ab_ours = gan.to_device(L), gan.to_device(ab)
     ours_s = time_calls(lambda: gan.train_step(L_ours, ab_ours), device, repeats=repeats)
@@ -73,7 +91,6 @@ def bench_train(device: torch.device, peaks: dict[str, float], repeats: int) -> 
     flops = counter.get_total_flops()
     dtype = "bf16" if gan.amp_dtype == torch.bfloat16 else "fp32"
     return {
-        "train_naive_img_s": BATCH / naive_s,
         "train_img_s": BATCH / ours_s,
         "train_flops_per_step": flops,
         "train_dtype": dtype,
@@ -111,18 +128,10 @@ def bench_loader(root: Path, device: torch.device) -> dict:
 
 
 def bench_infer(model_dir: Path, device: torch.device, repeats: int) -> dict:
-    generator = Generator(PIX2PIX_WIDTHS, SIZE).to(device).eval()
-    x = torch.rand(BATCH, 1, SIZE, SIZE, device=device) * 2 - 1
-
-    def naive():
-        with torch.no_grad():
-            generator(x)
-
-    naive_s = time_calls(naive, device, repeats=repeats)
-    runner = ModelRunner(model_dir, ColorizeOptions(device=device.type))
+    runner = ModelRunner(model_dir, ColorizeOptions(device=device.type))  # as `colorize` runs the generator
     batch = np.random.default_rng(0).uniform(-1, 1, (BATCH, 1, SIZE, SIZE)).astype(np.float32)
     ours_s = time_calls(lambda: runner.predict(batch), device, repeats=repeats)  # numpy in, numpy out
-    return {"infer_naive_img_s": BATCH / naive_s, "infer_img_s": BATCH / ours_s}
+    return {"infer_img_s": BATCH / ours_s}
 
 
 def write_jpegs(folder: Path, count: int, width: int = 1024, height: int = 768) -> None:
@@ -193,8 +202,10 @@ def quality_check(root: Path, device: torch.device) -> dict:
 
 PEAK_TRAIN = """
 import resource, torch
+from colorizer.allocator import keep_freed_memory
 from colorizer.config import ModelConfig, TrainConfig
 from colorizer.train import build_gan, pick_device
+keep_freed_memory()  # as train() does
 gan = build_gan(ModelConfig(), TrainConfig(), 256, pick_device('auto'))
 L, ab = torch.zeros(8, 1, 256, 256), torch.zeros(8, 2, 256, 256)
 for _ in range(2):
@@ -264,7 +275,9 @@ def main() -> None:
         figures["matmul_gflops_fp32"] = matmul_gflops(torch.float32, device)
         figures["matmul_gflops_bf16"] = matmul_gflops(torch.bfloat16, device)
         peaks = {"fp32": figures["matmul_gflops_fp32"], "bf16": figures["matmul_gflops_bf16"]}
-        print("train ...", file=sys.stderr)
+        print("naive references, train ...", file=sys.stderr)
+        figures |= bench_naive(device, repeats)
+        keep_freed_memory()  # as `train` and `colorize` do, from here on
         figures |= bench_train(device, peaks, repeats)
         model_dir = root / "model"
         export_model(

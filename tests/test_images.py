@@ -105,6 +105,22 @@ def test_greyscale_becomes_three_equal_channels():
     decoded = decode(encode(grey), BIG)
     assert decoded.rgb.shape == (8, 8, 3)
     assert (decoded.rgb == grey[..., None]).all()
+    assert decoded.is_grey and (decoded.grey == grey).all()  # and the single plane, for colorize
+
+
+def test_grey_with_alpha_keeps_one_plane_composited_like_colour():
+    la = np.zeros((6, 6, 2), np.uint8)
+    la[..., 0], la[..., 1] = 40, 128
+    from_la = decode(encode(Image.fromarray(la, "LA")), BIG)
+    from_rgba = decode(encode(Image.fromarray(la, "LA").convert("RGBA")), BIG)
+    assert from_la.is_grey and not from_rgba.is_grey
+    np.testing.assert_array_equal(from_la.rgb, from_rgba.rgb)
+    np.testing.assert_array_equal(from_la.grey, from_rgba.rgb[..., 0])
+    np.testing.assert_array_equal(from_la.alpha, from_rgba.alpha)
+
+
+def test_colour_photos_have_no_grey_plane(photo):
+    assert decode(encode(photo), BIG).grey is None
 
 
 def test_cmyk_without_profile_converts():

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from colorizer.allocator import keep_freed_memory
 from colorizer.config import Params, UserError, load_params
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], bool]] = {}
@@ -178,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # every command, before its first large allocation
     try:
         params = load_params(args.params) if getattr(args, "params", None) else Params()
         return args.run(args, params) or 0

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from colorizer.allocator import keep_freed_memory
 from colorizer.checkpoints import load_generator
-from colorizer.colorize_worker import Job, Outcome, finish, init_worker, init_writer, prepare
+from colorizer.colorize_worker import Job, Outcome, finish, init_worker, prepare
 from colorizer.config import UserError
 from colorizer.files import atomic_path, is_temp_name, progress
 from colorizer.images import (
@@ -37,6 +38,11 @@ from colorizer.train import autocast_dtype, pick_device
 REPORT_NAME = "colorize_report.csv"
 REPORT_COLUMNS = ["path", "status", "reason", "width", "height", "seconds"]
 DEFAULT_MAX_PIXELS = 250_000_000
+# Workers run at the lowest priority. Where torch has a thread on every core, a worker that preempts
+# one of them stalls every parallel op of the model; at nice 19 the workers run mostly in the model's
+# serial moments and while it waits for them, then on all cores. (Not SCHED_IDLE: that would starve
+# them outright on a machine that other jobs keep busy.)
+WORKER_NICE = 19
 ARCHIVE_LIMITS = ArchiveLimits(
     max_members=1_000_000, max_member_bytes=1_000_000_000, max_total_bytes=1_000_000_000_000, max_ratio=200.0
 )
@@ -74,6 +80,9 @@ class InlineExecutor(Executor):
         except BaseException as e:  # noqa: BLE001 (handed to the caller through the future)
             future.set_exception(e)
         return future
+
+
+INLINE = InlineExecutor()
 
 
 # ---- inputs -----------------------------------------------------------------------------------------
@@ -192,6 +201,17 @@ def predict_in_halves(predict, batch: list[np.ndarray]) -> list[np.ndarray | Exc
 def colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions) -> Summary:
     src, dst = Path(src), Path(dst)
     check_paths(src, dst)
+    keep_freed_memory()
+    workers = options.workers if options.workers is not None else default_workers()
+    # Started before the model loads, so that their imports overlap it.
+    pool = INLINE if workers == 0 else process_pool(workers, init_worker, nice=WORKER_NICE, start_now=True)
+    try:
+        return _colorize(src, dst, model_dir, options, pool, workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, pool: Executor, workers: int) -> Summary:
     runner = ModelRunner(model_dir, options)
     remove_temp_leftovers(dst)
     summary, todo = Summary(), []
@@ -202,20 +222,12 @@ def colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions) ->
             summary.rows[index] = (relative, Outcome("skipped", "output exists"))
         else:
             todo.append(replace(item, index=index))
-    workers = options.workers if options.workers is not None else default_workers()
     started = time.perf_counter()
     bar = progress(None, desc="colorize", total=len(summary.rows) + len(todo))
     bar.update(len(summary.rows))
-    # Two pools: decoding for the model never queues behind the slower writes of earlier batches, and
-    # writers run at the lowest priority, mostly in the model's gaps: a torch thread preempted by a
-    # writer stalls every parallel op of the model.
-    readers = InlineExecutor() if workers == 0 else process_pool(1, init_worker)
-    writers = InlineExecutor() if workers == 0 else process_pool(workers, init_writer)
     try:
-        _Pipeline(runner, readers, writers, options, summary, bar, workers).run(todo)
+        _Pipeline(runner, pool, options, summary, bar, workers).run(todo)
     finally:
-        for pool in (readers, writers):
-            pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
         write_report(dst / REPORT_NAME, summary)
     seconds = time.perf_counter() - started
@@ -241,23 +253,25 @@ class _Pipeline:
     def __init__(
         self,
         runner: ModelRunner,
-        readers: Executor,
-        writers: Executor,
+        pool: Executor,
         options: ColorizeOptions,
         summary: Summary,
         bar,
         workers: int,
     ):
         self.runner, self.options, self.summary, self.bar = runner, options, summary, bar
-        self.readers, self.writers = readers, writers
+        self.pool = pool
         self.prepared: deque[tuple[Job, Future]] = deque()
         self.finishing: deque[tuple[Job, Future, float]] = deque()
         self.batch: list[tuple[Job, np.ndarray, Outcome]] = []
         self.window = options.batch_size + 2 * max(workers, 1)
 
     def run(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            self.prepared.append((job, self.readers.submit(prepare, job, self.runner.size, self.options.max_pixels)))
+        for position, job in enumerate(jobs):
+            # The first batch is decoded here, while the workers are still starting (~0.3 s of imports),
+            # so that the model starts at once.
+            executor = INLINE if position < self.options.batch_size else self.pool
+            self.prepared.append((job, executor.submit(prepare, job, self.runner.size, self.options.max_pixels)))
             while len(self.prepared) > self.window:
                 self._take_prepared()
         while self.prepared:
@@ -289,7 +303,7 @@ class _Pipeline:
                     job, Outcome("failed", f"model error: {str(result)[:200]}", prepared.width, prepared.height)
                 )
                 continue
-            future = self.writers.submit(
+            future = self.pool.submit(
                 finish, job, result, self.options.quality, self.options.max_pixels, self.runner.description
             )
             self.finishing.append((job, future, prepared.seconds + share))

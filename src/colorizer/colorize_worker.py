@@ -6,15 +6,17 @@ Kept free of torch and pandas so that a spawned worker starts in a fraction of a
 
 from __future__ import annotations
 
-import os
+import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
-from colorizer.images import RejectedImage, decode, save_colorized
+from colorizer.allocator import keep_freed_memory
+from colorizer.images import DecodedImage, RejectedImage, decode, save_colorized
 from colorizer.lab import L_from_grey, L_from_rgb, lab_planes_to_rgb, normalize_L, to_uint8
 
 
@@ -43,14 +45,19 @@ class Outcome:
 
 
 def init_worker() -> None:
+    keep_freed_memory()  # each photo's full-size planes reuse the last one's pages
     cv2.setNumThreads(1)  # parallelism comes from the workers; each is one thread
+    _warm_up()
 
 
-def init_writer() -> None:
-    """Writers yield to the model (lowest nice, not SCHED_IDLE: that would starve them outright on a
-    machine that other jobs keep busy)."""
-    init_worker()
-    os.nice(19)
+def _warm_up() -> None:
+    """Pay the first-call costs (Pillow loading its JPEG plugin, OpenCV's first kernels: ~0.1 s)
+    at start-up, while the main process loads the model, instead of on the first photos."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(buffer, format="JPEG")
+    L = full_L(decode(buffer.getvalue(), max_pixels=256), (8, 8))
+    rgb = to_uint8(lab_planes_to_rgb(L, np.zeros_like(L), np.zeros_like(L)))
+    Image.fromarray(rgb).save(io.BytesIO(), format="JPEG", quality=95)
 
 
 def prepare(job: Job, size: int, max_pixels: int) -> tuple[np.ndarray | None, Outcome]:
@@ -62,10 +69,18 @@ def prepare(job: Job, size: int, max_pixels: int) -> tuple[np.ndarray | None, Ou
         return None, Outcome("failed", str(e)[:300])
     except OSError as e:
         return None, Outcome("failed", f"unreadable: {e}")
-    small = cv2.resize(decoded.rgb, (size, size), interpolation=cv2.INTER_AREA)
-    L_small = normalize_L(L_from_rgb(small))[None].astype(np.float32)
+    L_small = normalize_L(full_L(decoded, (size, size)))[None].astype(np.float32)
     width, height = decoded.display_size
     return L_small, Outcome("pending", width=width, height=height, seconds=time.perf_counter() - started)
+
+
+def full_L(decoded: DecodedImage, size: tuple[int, int] | None = None) -> np.ndarray:
+    """L* of the photo, optionally area-resized to `size` (width, height) first. A grey photo is one
+    plane through a table (R = G = B, so resizing the grey plane gives the same L as resizing RGB)."""
+    pixels = decoded.grey if decoded.is_grey else decoded.rgb
+    if size is not None:
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    return L_from_grey(pixels) if decoded.is_grey else L_from_rgb(pixels)
 
 
 def finish(job: Job, ab_small: np.ndarray, quality: int, max_pixels: int, description: str) -> Outcome:
@@ -74,7 +89,7 @@ def finish(job: Job, ab_small: np.ndarray, quality: int, max_pixels: int, descri
     try:
         decoded = decode(job.read(), max_pixels)
         height, width = decoded.rgb.shape[:2]
-        L = L_from_grey(decoded.rgb[..., 0]) if decoded.is_grey else L_from_rgb(decoded.rgb)
+        L = full_L(decoded)
         a, b = (
             cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width)
             for plane in ab_small

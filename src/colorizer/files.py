@@ -9,9 +9,10 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 T = TypeVar("T")
 TEMP_MARK = ".tmp"
@@ -58,5 +59,7 @@ def is_temp_name(name: str) -> bool:
 def progress(items: Iterable[T] | None, desc: str, total: int | None = None, unit: str = "img") -> tqdm:
     """A tqdm bar on stderr (images/s and ETA); quiet when stderr is not a terminal unless
     COLORIZER_PROGRESS=1. With items=None it is a bar to `update()` by hand."""
+    from tqdm import tqdm  # here, not at the top: worker processes import this module and never draw bars
+
     show = sys.stderr.isatty() or os.environ.get("COLORIZER_PROGRESS") == "1"
     return tqdm(items, desc=desc, total=total, unit=unit, disable=not show, dynamic_ncols=True)

@@ -43,10 +43,13 @@ class DecodedImage:
     icc_profile: bytes | None = None
     exif: bytes | None = None
     display_size: tuple[int, int] = (0, 0)  # (width, height) of the full image, EXIF orientation applied
+    # (H, W) uint8 for photos stored grey; `rgb` is then a read-only view of it with R = G = B, so a
+    # greyscale scan costs one plane of memory and no conversion (colorize reads this plane).
+    grey: np.ndarray | None = None
 
     @property
     def is_grey(self) -> bool:
-        return self.mode in GREY_MODES
+        return self.grey is not None
 
 
 def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Image.Image:
@@ -90,7 +93,7 @@ def decode(
         img.load()
         stored_mode = img.mode
         img = ImageOps.exif_transpose(img)
-        rgb, alpha = to_rgb(img, icc)
+        rgb, alpha, grey = to_rgb(img, icc)
     except RejectedImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -100,7 +103,7 @@ def decode(
         raise RejectedImage(reason, str(e)) from None
     except (SyntaxError, ValueError, EOFError, IndexError, struct_error) as e:
         raise RejectedImage("corrupt", str(e)) from None
-    return DecodedImage(rgb, stored_mode, fmt, alpha, icc, exif, full_size)
+    return DecodedImage(rgb, stored_mode, fmt, alpha, icc, exif, full_size, grey)
 
 
 def upright_size(img: Image.Image) -> tuple[int, int]:
@@ -110,26 +113,37 @@ def upright_size(img: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
-def to_rgb(img: Image.Image, icc_profile: bytes | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Any Pillow mode -> ((H, W, 3) uint8 sRGB composited on white, alpha or None)."""
+def to_rgb(
+    img: Image.Image, icc_profile: bytes | None = None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Any Pillow mode -> ((H, W, 3) uint8 sRGB composited on white, alpha or None, grey plane or None).
+
+    Grey modes give their (H, W) plane too, and rgb is a read-only view of it (no copy)."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        # Pillow's convert("L") clips 16-bit values above 255 to white; scale 0..65535 -> 0..255 ourselves.
-        grey = np.asarray(img, dtype=np.float32)
-        grey = np.clip(np.round(grey / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1), None
+    if mode in GREY_MODES:
+        alpha = None
+        if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            # Pillow's convert("L") clips 16-bit values above 255 to white; scale 0..65535 -> 0..255 ourselves.
+            grey = np.clip(np.round(np.asarray(img, dtype=np.float32) / 257.0), 0, 255).astype(np.uint8)
+        elif mode == "LA":
+            la = np.asarray(img, dtype=np.float32)
+            grey = np.round(la[..., 0] * (la[..., 1] / 255.0) + 255.0 * (1.0 - la[..., 1] / 255.0)).astype(np.uint8)
+            alpha = la[..., 1].astype(np.uint8)  # composited on white, as colour images are below
+        else:  # "L", or "1" read as 0/255
+            grey = np.asarray(img.convert("L") if mode == "1" else img, dtype=np.uint8)
+        return np.broadcast_to(grey[..., None], (*grey.shape, 3)), alpha, grey
     if mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     elif mode == "CMYK" or (mode == "RGB" and icc_profile):
         img = _to_srgb_via_icc(img, icc_profile)
-    elif mode not in ("RGB", "RGBA", "LA", "L"):
+    elif mode not in ("RGB", "RGBA"):
         img = img.convert("RGBA" if "A" in mode else "RGB")
-    if img.mode in ("RGBA", "LA"):
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+    if img.mode == "RGBA":
+        rgba = np.asarray(img, dtype=np.float32)
         alpha = rgba[..., 3:] / 255.0
         rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)  # composite on white
-        return np.round(rgb).astype(np.uint8), rgba[..., 3].astype(np.uint8)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8), None
+        return np.round(rgb).astype(np.uint8), rgba[..., 3].astype(np.uint8), None
+    return np.asarray(img.convert("RGB"), dtype=np.uint8), None, None
 
 
 def _to_srgb_via_icc(img: Image.Image, icc_profile: bytes | None) -> Image.Image:

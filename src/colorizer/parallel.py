@@ -9,7 +9,9 @@ blocked on a pipe forever (seen here too, with fork and with forkserver, whose s
 from __future__ import annotations
 
 import ctypes
+import importlib
 import multiprocessing
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -18,13 +20,30 @@ from concurrent.futures import ProcessPoolExecutor
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent_then(initializer: Callable[[], None] | None) -> None:
+def _start_worker(nice: int, module: str | None, name: str | None) -> None:
+    """Runs first in each worker: die with the parent, lower the priority, and only then import and run
+    the initializer (passed by name, so that even its imports run at the lower priority)."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if initializer is not None:
-        initializer()
+    if nice:
+        os.nice(nice)
+    if module and name:
+        getattr(importlib.import_module(module), name)()
 
 
-def process_pool(workers: int, initializer: Callable[[], None] | None = None) -> ProcessPoolExecutor:
+def _ready() -> None:
+    """A no-op task: submitting one per worker starts them all now."""
+
+
+def process_pool(
+    workers: int, initializer: Callable[[], None] | None = None, nice: int = 0, start_now: bool = False
+) -> ProcessPoolExecutor:
+    """A `spawn` pool whose workers run at `nice`. `start_now`: launch every worker at once (a pool
+    otherwise starts one per task submitted), so that their start-up overlaps what the caller does next."""
     context = multiprocessing.get_context("spawn")
-    return ProcessPoolExecutor(workers, mp_context=context, initializer=_die_with_parent_then, initargs=(initializer,))
+    where = (initializer.__module__, initializer.__qualname__) if initializer else (None, None)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(nice, *where))
+    if start_now:
+        for _ in range(workers):
+            pool.submit(_ready)
+    return pool

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from colorizer import models, tracking
+from colorizer.allocator import keep_freed_memory
 from colorizer.checkpoints import export_model, load_checkpoint, load_into, save_checkpoint
 from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig
 from colorizer.files import atomic_write_json, progress
@@ -279,6 +280,7 @@ def train(
     log_model: bool = True,
 ) -> dict:
     """Train (or resume) and export the generator; returns the last epoch's losses."""
+    keep_freed_memory()
     cfg = params.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

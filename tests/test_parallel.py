@@ -1,0 +1,66 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from colorizer.allocator import keep_freed_memory
+from colorizer.colorize_worker import full_L
+from colorizer.images import decode
+from colorizer.parallel import process_pool
+from tests.conftest import colourful, encode
+
+INITIALISED = "not yet"
+
+
+def mark_initialised() -> None:
+    global INITIALISED
+    INITIALISED = f"initialised at nice {os.nice(0)}"
+
+
+def report_state() -> tuple[str, int]:
+    return INITIALISED, os.nice(0)
+
+
+def test_workers_run_their_initializer_at_the_asked_priority():
+    with process_pool(2, mark_initialised, nice=5, start_now=True) as pool:
+        results = [pool.submit(report_state).result(timeout=60) for _ in range(4)]
+    expected_nice = min(os.nice(0) + 5, 19)
+    # the initializer ran after the priority was lowered (it imports at the lower priority too)
+    assert set(results) == {(f"initialised at nice {expected_nice}", expected_nice)}
+
+
+FAULTS_PER_REUSE = """
+import resource, sys
+import numpy as np
+from colorizer.allocator import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+np.ones(16_000_000, np.float32)  # 64 MB (a batch's activations), freed at once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    np.ones(16_000_000, np.float32)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_freed_memory_is_reused_instead_of_faulted_in_again():
+    def faults(mode: str) -> int:
+        out = subprocess.run([sys.executable, "-c", FAULTS_PER_REUSE, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+
+    if not sys.platform.startswith("linux"):
+        assert keep_freed_memory() is False  # a no-op where there is no glibc
+        return
+    default, kept = faults("default"), faults("keep")
+    assert default > 1000  # glibc maps and unmaps each 64 MB array: its pages are faulted in every time
+    assert kept < default / 10  # the same pages, reused
+
+
+def test_L_of_a_grey_plane_equals_L_of_the_same_photo_in_rgb():
+    grey = np.asarray(colourful(90, 70).mean(axis=2), dtype=np.uint8)
+    as_grey = decode(encode(grey), 10**7)
+    as_rgb = decode(encode(np.repeat(grey[..., None], 3, axis=2)), 10**7)
+    assert as_grey.is_grey and not as_rgb.is_grey
+    np.testing.assert_allclose(full_L(as_grey), full_L(as_rgb), atol=1e-3)
+    np.testing.assert_allclose(full_L(as_grey, (32, 32)), full_L(as_rgb, (32, 32)), atol=1e-3)
