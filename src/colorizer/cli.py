@@ -11,9 +11,12 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from colorizer.allocator import keep_freed_memory
-from colorizer.config import Params, UserError, load_params
+
+if TYPE_CHECKING:  # imported where used: worker processes import this module (spawn re-imports __main__)
+    from colorizer.config import Params
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], bool]] = {}
 
@@ -134,6 +137,7 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
 
 def _run_colorize(args: argparse.Namespace, params: Params) -> int:
     from colorizer.colorize import ColorizeOptions, colorize
+    from colorizer.config import UserError
 
     if args.batch_size < 1 or (args.workers is not None and args.workers < 0) or not 1 <= args.quality <= 100:
         raise UserError("--batch-size must be >= 1, --workers >= 0 and --quality within 1..100")
@@ -178,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from colorizer.config import Params, UserError, load_params
+
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # every command, before its first large allocation
     try:

@@ -26,10 +26,7 @@ from colorizer.checkpoints import load_generator
 from colorizer.colorize_worker import Job, Outcome, finish, init_worker, prepare
 from colorizer.config import UserError
 from colorizer.files import atomic_path, is_temp_name, progress
-from colorizer.images import (
-    FORMAT_SUFFIXES,
-    SUFFIX_FORMATS,
-)
+from colorizer.images import FORMAT_SUFFIXES, SUFFIX_FORMATS, DecodedImage
 from colorizer.lab import denormalize_ab
 from colorizer.parallel import process_pool
 from colorizer.sources import ARCHIVE_SUFFIXES, ArchiveLimits, Rejected, archive_candidates
@@ -263,7 +260,7 @@ class _Pipeline:
         self.pool = pool
         self.prepared: deque[tuple[Job, Future]] = deque()
         self.finishing: deque[tuple[Job, Future, float]] = deque()
-        self.batch: list[tuple[Job, np.ndarray, Outcome]] = []
+        self.batch: list[tuple[Job, np.ndarray, Outcome, DecodedImage | None]] = []
         self.window = options.batch_size + 2 * max(workers, 1)
 
     def run(self, jobs: list[Job]) -> None:
@@ -283,28 +280,28 @@ class _Pipeline:
     def _take_prepared(self) -> None:
         job, future = self.prepared.popleft()
         try:
-            L_small, outcome = future.result()
+            L_small, outcome, decoded = future.result()
         except Exception as e:  # a worker that died (killed for memory, say)
             L_small, outcome = None, Outcome("failed", f"worker error: {type(e).__name__}: {e}")
         if L_small is None:
             self._record(job, outcome)
             return
-        self.batch.append((job, L_small, outcome))
+        self.batch.append((job, L_small, outcome, decoded))
         if len(self.batch) >= self.options.batch_size:
             self._run_model()
 
     def _run_model(self) -> None:
         started = time.perf_counter()
-        results = predict_in_halves(self.runner.predict, [L for _, L, _ in self.batch])
+        results = predict_in_halves(self.runner.predict, [L for _, L, _, _ in self.batch])
         share = (time.perf_counter() - started) / len(self.batch)
-        for (job, _, prepared), result in zip(self.batch, results, strict=True):
+        for (job, _, prepared, decoded), result in zip(self.batch, results, strict=True):
             if isinstance(result, Exception):
                 self._record(
                     job, Outcome("failed", f"model error: {str(result)[:200]}", prepared.width, prepared.height)
                 )
                 continue
             future = self.pool.submit(
-                finish, job, result, self.options.quality, self.options.max_pixels, self.runner.description
+                finish, job, result, self.options.quality, self.options.max_pixels, self.runner.description, decoded
             )
             self.finishing.append((job, future, prepared.seconds + share))
         self.batch.clear()

@@ -51,6 +51,15 @@ class DecodedImage:
     def is_grey(self) -> bool:
         return self.grey is not None
 
+    def __getstate__(self) -> dict:
+        """Pickled (to another process) as the grey plane alone when there is one: rgb is its view."""
+        return {**self.__dict__, "rgb": None} if self.grey is not None else dict(self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        if state["rgb"] is None:
+            state["rgb"] = np.broadcast_to(state["grey"][..., None], (*state["grey"].shape, 3))
+        self.__dict__.update(state)  # frozen: set the fields directly
+
 
 def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Image.Image:
     """Open (lazily) with the format allow-list and a pixel cap checked before any decoding."""
@@ -76,18 +85,23 @@ GREY_MODES = frozenset({"1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N", "I", 
 
 
 def decode(
-    data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS, at_least: int | None = None
+    data: bytes,
+    max_pixels: int,
+    formats: tuple[str, ...] = DEFAULT_FORMATS,
+    at_least: int | None = None,
+    reduce_above: int = 0,
 ) -> DecodedImage:
     """Bytes -> DecodedImage (8-bit sRGB), or RejectedImage with the reason.
 
-    `at_least`: a JPEG may be decoded at a reduced scale (DCT scaling: several times faster) as long
-    as both sides stay >= at_least; for callers that only need a small version.
+    `at_least`: a JPEG of more than `reduce_above` pixels may be decoded at a reduced scale (DCT
+    scaling: several times faster on large photos) as long as both sides stay >= at_least; for
+    callers that only need a small version.
     """
     img = open_image(data, max_pixels, formats)
     fmt, icc, exif = img.format or "", img.info.get("icc_profile"), img.info.get("exif")
     try:
         full_size = upright_size(img)  # before any reduced-scale decoding
-        if at_least and fmt in ("JPEG", "MPO"):
+        if at_least and fmt in ("JPEG", "MPO") and img.width * img.height > reduce_above:
             img.draft(img.mode, (at_least, at_least))
         img.seek(0)  # first frame of GIF/TIFF/MPO
         img.load()
