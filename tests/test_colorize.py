@@ -1,5 +1,6 @@
 import io
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -263,3 +264,29 @@ def test_killed_run_resumes_without_redoing_work(tmp_path, model_dir):
     assert sorted(rows.index[rows.status == "skipped"]) == finished  # none redone
     assert not [p for p in dst.iterdir() if p.name.startswith(".")]  # no temp leftovers
     assert os.path.getsize(dst / REPORT_NAME) > 0
+
+
+def test_grey_scans_are_decoded_once_and_handed_on_compactly(tmp_path):
+    from colorizer.colorize_worker import CARRY_MAX_PIXELS, Job, finish, prepare
+
+    (tmp_path / "grey.jpg").write_bytes(encode(grey(640, 480), "JPEG", quality=90))
+    (tmp_path / "colour.jpg").write_bytes(encode(colourful(640, 480), "JPEG", quality=90))
+    (tmp_path / "huge.jpg").write_bytes(encode(np.zeros((1000, CARRY_MAX_PIXELS // 1000 + 1), np.uint8), "JPEG"))
+
+    def job(name, target):
+        return Job(0, name, str(tmp_path / target), "JPEG", source_file=str(tmp_path / name))
+
+    L_small, outcome, carried = prepare(job("grey.jpg", "a.jpg"), 32, 10**8)
+    assert L_small.shape == (1, 32, 32) and (outcome.width, outcome.height) == (640, 480)
+    assert carried is not None and carried.grey.shape == (480, 640)
+    assert len(pickle.dumps(carried)) < 1.1 * 640 * 480  # the plane alone, not three channels
+    unpickled = pickle.loads(pickle.dumps(carried))
+    np.testing.assert_array_equal(unpickled.rgb, carried.rgb)
+
+    ab = np.random.default_rng(0).uniform(-30, 30, (2, 32, 32)).astype(np.float32)
+    assert finish(job("grey.jpg", "a.jpg"), ab, 95, 10**8, "test", unpickled).status == "done"
+    assert finish(job("grey.jpg", "b.jpg"), ab, 95, 10**8, "test").status == "done"  # decoded here
+    assert (tmp_path / "a.jpg").read_bytes() == (tmp_path / "b.jpg").read_bytes()
+
+    assert prepare(job("colour.jpg", "c.jpg"), 32, 10**8)[2] is None  # colour: decoded reduced, again later
+    assert prepare(job("huge.jpg", "d.jpg"), 32, 10**8)[2] is None  # too big to keep in flight

@@ -224,6 +224,7 @@ def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, p
     bar.update(len(summary.rows))
     try:
         _Pipeline(runner, pool, options, summary, bar, workers).run(todo)
+        pool.shutdown(wait=False)  # every photo is written: the workers exit while the report is written
     finally:
         bar.close()
         write_report(dst / REPORT_NAME, summary)

@@ -72,7 +72,7 @@ def prepare(job: Job, size: int, max_pixels: int) -> tuple[np.ndarray | None, Ou
     the decoded photo itself when it is grey and small enough to hand on to `finish`."""
     started = time.perf_counter()
     try:
-        decoded = decode(job.read(), max_pixels, at_least=size, reduce_above=CARRY_MAX_PIXELS)
+        decoded = decode(job.read(), max_pixels, at_least=size, full_grey_up_to=CARRY_MAX_PIXELS)
     except RejectedImage as e:
         return None, Outcome("failed", str(e)[:300]), None
     except OSError as e:

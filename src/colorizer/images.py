@@ -89,19 +89,21 @@ def decode(
     max_pixels: int,
     formats: tuple[str, ...] = DEFAULT_FORMATS,
     at_least: int | None = None,
-    reduce_above: int = 0,
+    full_grey_up_to: int = 0,
 ) -> DecodedImage:
     """Bytes -> DecodedImage (8-bit sRGB), or RejectedImage with the reason.
 
-    `at_least`: a JPEG of more than `reduce_above` pixels may be decoded at a reduced scale (DCT
-    scaling: several times faster on large photos) as long as both sides stay >= at_least; for
-    callers that only need a small version.
+    `at_least`: a JPEG may be decoded at a reduced scale (DCT scaling: several times faster on large
+    photos) as long as both sides stay >= at_least; for callers that only need a small version.
+    Grey JPEGs of at most `full_grey_up_to` pixels are decoded at full size all the same (colorize
+    hands those on instead of decoding them twice).
     """
     img = open_image(data, max_pixels, formats)
     fmt, icc, exif = img.format or "", img.info.get("icc_profile"), img.info.get("exif")
     try:
         full_size = upright_size(img)  # before any reduced-scale decoding
-        if at_least and fmt in ("JPEG", "MPO") and img.width * img.height > reduce_above:
+        full_grey = img.mode in GREY_MODES and img.width * img.height <= full_grey_up_to
+        if at_least and fmt in ("JPEG", "MPO") and not full_grey:
             img.draft(img.mode, (at_least, at_least))
         img.seek(0)  # first frame of GIF/TIFF/MPO
         img.load()
