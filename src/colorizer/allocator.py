@@ -16,11 +16,11 @@ import ctypes
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-_KEEP_BYTES = 1 << 30
 
 
-def keep_freed_memory() -> bool:
-    """Make this process reuse freed memory (glibc on Linux); True if the allocator took the setting.
+def keep_freed_memory(up_to_bytes: int = 1 << 30) -> bool:
+    """Make this process reuse freed memory (glibc on Linux): blocks up to `up_to_bytes` come from the
+    heap, and up to that much free heap is kept rather than returned. True if the allocator took it.
     Process-wide and idempotent; elsewhere (macOS, musl) a no-op that returns False."""
     if not sys.platform.startswith("linux"):
         return False
@@ -29,5 +29,4 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    # Allocations up to 1 GiB come from the heap (reused), and up to 1 GiB of free heap is kept.
-    return bool(mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES))
+    return bool(mallopt(_M_MMAP_THRESHOLD, up_to_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, up_to_bytes))

@@ -45,13 +45,15 @@ class Outcome:
 
 
 def init_worker() -> None:
-    keep_freed_memory()  # each photo's full-size planes reuse the last one's pages
+    # Each photo's planes reuse the last one's pages; up to 64 MB, so that a huge scan's planes still
+    # go back to the system (many workers would otherwise each keep the largest photo's memory).
+    keep_freed_memory(64 << 20)
     cv2.setNumThreads(1)  # parallelism comes from the workers; each is one thread
     _warm_up()
 
 
 def _warm_up() -> None:
-    """Pay the first-call costs (Pillow loading its JPEG plugin, OpenCV's first kernels: ~0.1 s)
+    """Pay the first-call costs (Pillow loading its JPEG plugin, OpenCV building its Lab tables: ~0.1 s)
     at start-up, while the main process loads the model, instead of on the first photos."""
     buffer = io.BytesIO()
     Image.new("L", (16, 16), 128).save(buffer, format="JPEG")
