@@ -81,8 +81,8 @@ def prepare(job: Job, size: int, max_pixels: int) -> tuple[np.ndarray | None, Ou
         return None, Outcome("failed", f"unreadable: {e}"), None
     L_small = normalize_L(full_L(decoded, (size, size)))[None].astype(np.float32)
     width, height = decoded.display_size
-    full_size = decoded.rgb.shape[1::-1] == (width, height)
-    carried = decoded if decoded.is_grey and full_size and width * height <= CARRY_MAX_PIXELS else None
+    # decode() kept exactly these at full size (full_grey_up_to)
+    carried = decoded if decoded.is_grey and width * height <= CARRY_MAX_PIXELS else None
     return L_small, Outcome("pending", width=width, height=height, seconds=time.perf_counter() - started), carried
 
 
