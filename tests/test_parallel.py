@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,49 @@ def test_workers_run_their_initializer_at_the_asked_priority():
     expected_nice = min(os.nice(0) + 5, 19)
     # the initializer ran after the priority was lowered (it imports at the lower priority too)
     assert set(results) == {(f"initialised at nice {expected_nice}", expected_nice)}
+
+
+FIRST_INITIALISED_IN: int | None = None
+
+
+def mark_first_initialisation() -> None:
+    global FIRST_INITIALISED_IN
+    if FIRST_INITIALISED_IN is None:
+        FIRST_INITIALISED_IN = os.getpid()
+
+
+def report_lineage() -> tuple[int | None, int, int, int]:
+    return FIRST_INITIALISED_IN, os.getppid(), os.getpid(), os.nice(0)
+
+
+SHARED_START_UP = """
+import json, os
+from colorizer.parallel import process_pool
+from tests.test_parallel import mark_first_initialisation, report_lineage
+if __name__ == "__main__":
+    with process_pool(2, mark_first_initialisation, nice=5, start_now=True, shared_start_up=True) as pool:
+        assert pool.ready.wait(timeout=60)
+        print(json.dumps([os.getpid(), os.nice(0), [pool.submit(report_lineage).result(60) for _ in range(6)]]))
+"""
+
+
+def test_shared_start_up_is_done_once_in_the_fork_server_and_inherited():
+    # In a fresh process: a process has one fork server, and this one's may have been started already.
+    done = subprocess.run([sys.executable, "-c", SHARED_START_UP], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    main_pid, main_nice, results = json.loads(done.stdout)
+    workers = {pid for _, _, pid, _ in results}
+    assert len(workers) == 2 and main_pid not in workers
+    for initialised_in, parent, pid, nice in results:
+        # the fork server ran the initializer, then forked this worker from itself, warm
+        assert initialised_in == parent and parent not in (main_pid, pid)
+        assert nice == min(main_nice + 5, 19)  # inherited, not lowered a second time
+
+
+def test_a_pool_without_start_now_is_ready_at_once_and_starts_workers_on_demand():
+    with process_pool(1) as pool:
+        assert pool.ready.is_set()
+        assert pool.submit(os.getpid).result(timeout=60) != os.getpid()
 
 
 FAULTS_PER_REUSE = """

@@ -40,6 +40,9 @@ DEFAULT_MAX_PIXELS = 250_000_000
 # serial moments and while it waits for them, then on all cores. (Not SCHED_IDLE: that would starve
 # them outright on a machine that other jobs keep busy.)
 WORKER_NICE = 19
+# A huge scan's full-size planes (~40 bytes a pixel) are always joined and written in a worker, which
+# gives that memory back afterwards, never in this process (which keeps what it frees: see allocator).
+INLINE_MAX_PIXELS = 4_000_000
 ARCHIVE_LIMITS = ArchiveLimits(
     max_members=1_000_000, max_member_bytes=1_000_000_000, max_total_bytes=1_000_000_000_000, max_ratio=200.0
 )
@@ -200,8 +203,10 @@ def colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions) ->
     check_paths(src, dst)
     keep_freed_memory()
     workers = options.workers if options.workers is not None else default_workers()
-    # Started before the model loads, so that their imports overlap it.
-    pool = INLINE if workers == 0 else process_pool(workers, init_worker, nice=WORKER_NICE, start_now=True)
+    if workers == 0:
+        pool = INLINE
+    else:  # started before the model loads, so that their start-up overlaps it
+        pool = process_pool(workers, init_worker, nice=WORKER_NICE, start_now=True, shared_start_up=True)
     try:
         return _colorize(src, dst, model_dir, options, pool, workers)
     finally:
@@ -265,11 +270,9 @@ class _Pipeline:
         self.window = options.batch_size + 2 * max(workers, 1)
 
     def run(self, jobs: list[Job]) -> None:
-        for position, job in enumerate(jobs):
-            # The first batch is decoded here, while the workers are still starting (~0.3 s of imports),
-            # so that the model starts at once.
-            executor = INLINE if position < self.options.batch_size else self.pool
-            self.prepared.append((job, executor.submit(prepare, job, self.runner.size, self.options.max_pixels)))
+        for job in jobs:
+            future = self._executor().submit(prepare, job, self.runner.size, self.options.max_pixels)
+            self.prepared.append((job, future))
             while len(self.prepared) > self.window:
                 self._take_prepared()
         while self.prepared:
@@ -277,6 +280,14 @@ class _Pipeline:
         if self.batch:
             self._run_model()
         self._collect(keep=0)
+
+    def _executor(self) -> Executor:
+        """The workers once they are up; until then (~0.3 s: the fork server imports and warms up what
+        they need) this process does their work itself, so that neither it nor the model waits: all
+        `prepare`s (a large JPEG is decoded at a reduced scale there) and the `finish` of photos of up
+        to INLINE_MAX_PIXELS."""
+        ready = getattr(self.pool, "ready", None)
+        return self.pool if ready is None or ready.is_set() else INLINE
 
     def _take_prepared(self) -> None:
         job, future = self.prepared.popleft()
@@ -301,7 +312,8 @@ class _Pipeline:
                     job, Outcome("failed", f"model error: {str(result)[:200]}", prepared.width, prepared.height)
                 )
                 continue
-            future = self.pool.submit(
+            executor = self._executor() if prepared.width * prepared.height <= INLINE_MAX_PIXELS else self.pool
+            future = executor.submit(
                 finish, job, result, self.options.quality, self.options.max_pixels, self.runner.description, decoded
             )
             self.finishing.append((job, future, prepared.seconds + share))
