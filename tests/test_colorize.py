@@ -18,6 +18,7 @@ from PIL import Image, ImageCms
 from colorizer.checkpoints import export_model
 from colorizer.cli import main
 from colorizer.colorize import REPORT_NAME, ColorizeOptions, colorize, predict_in_halves
+from colorizer.config import UserError
 from colorizer.lab import rgb_to_lab
 from colorizer.models import Discriminator, Generator
 from tests.conftest import colourful, encode
@@ -237,6 +238,8 @@ def test_killed_run_resumes_without_redoing_work(tmp_path, model_dir):
         str(model_dir),
         "--workers",
         "1",
+        "--worker-kind",
+        "processes",
         "--batch-size",
         "2",
     ]
@@ -244,7 +247,7 @@ def test_killed_run_resumes_without_redoing_work(tmp_path, model_dir):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list(dst.glob("scan*.png"))) < 5:
         time.sleep(0.02)
-    helpers = psutil.Process(process.pid).children(recursive=True)  # fork server and workers
+    helpers = psutil.Process(process.pid).children(recursive=True)  # the worker processes
     assert helpers, "colorize should run worker processes"
     process.send_signal(signal.SIGKILL)  # kill -9 of the job's main process only
     process.wait()
@@ -264,6 +267,33 @@ def test_killed_run_resumes_without_redoing_work(tmp_path, model_dir):
     assert sorted(rows.index[rows.status == "skipped"]) == finished  # none redone
     assert not [p for p in dst.iterdir() if p.name.startswith(".")]  # no temp leftovers
     assert os.path.getsize(dst / REPORT_NAME) > 0
+
+
+def test_every_kind_of_worker_writes_the_same_files(tmp_path, model_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(5):
+        Image.fromarray(grey(120 + 8 * i, 90, seed=i)).save(src / f"scan {i}.jpg", quality=90)
+    Image.fromarray(colourful(100, 70)).save(src / "colour.png")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    outputs = {}
+    for kind, workers in (("threads", 2), ("processes", 2), ("auto", 0)):
+        dst = tmp_path / f"{kind}-{workers}"
+        run(src, dst, model_dir, workers=workers, worker_kind=kind, batch_size=2)
+        outputs[kind, workers] = {p.name: p.read_bytes() for p in dst.iterdir() if p.name != REPORT_NAME}
+        assert report(dst).status.to_dict() == {
+            **{f"scan {i}.jpg": "done" for i in range(5)},
+            "colour.png": "done",
+            "broken.jpg": "failed",
+        }
+    assert len(outputs[("threads", 2)]) == 6
+    assert outputs[("threads", 2)] == outputs[("processes", 2)] == outputs[("auto", 0)]
+
+
+def test_an_unknown_worker_kind_is_refused_by_name(tmp_path, model_dir):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(UserError, match="worker kind 'fibres'"):
+        run(tmp_path / "src", tmp_path / "dst", model_dir, worker_kind="fibres")
 
 
 def test_grey_scans_are_decoded_once_and_handed_on_compactly(tmp_path):

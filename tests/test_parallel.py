@@ -1,14 +1,14 @@
-import json
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
 from colorizer.allocator import keep_freed_memory
 from colorizer.colorize_worker import full_L
 from colorizer.images import decode
-from colorizer.parallel import process_pool
+from colorizer.parallel import process_pool, thread_pool
 from tests.conftest import colourful, encode
 
 INITIALISED = "not yet"
@@ -31,41 +31,21 @@ def test_workers_run_their_initializer_at_the_asked_priority():
     assert set(results) == {(f"initialised at nice {expected_nice}", expected_nice)}
 
 
-FIRST_INITIALISED_IN: int | None = None
+def thread_state() -> tuple[str, int]:
+    return INITIALISED, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
 
-def mark_first_initialisation() -> None:
-    global FIRST_INITIALISED_IN
-    if FIRST_INITIALISED_IN is None:
-        FIRST_INITIALISED_IN = os.getpid()
-
-
-def report_lineage() -> tuple[int | None, int, int, int]:
-    return FIRST_INITIALISED_IN, os.getppid(), os.getpid(), os.nice(0)
-
-
-SHARED_START_UP = """
-import json, os
-from colorizer.parallel import process_pool
-from tests.test_parallel import mark_first_initialisation, report_lineage
-if __name__ == "__main__":
-    with process_pool(2, mark_first_initialisation, nice=5, start_now=True, shared_start_up=True) as pool:
-        assert pool.ready.wait(timeout=60)
-        print(json.dumps([os.getpid(), os.nice(0), [pool.submit(report_lineage).result(60) for _ in range(6)]]))
-"""
-
-
-def test_shared_start_up_is_done_once_in_the_fork_server_and_inherited():
-    # In a fresh process: a process has one fork server, and this one's may have been started already.
-    done = subprocess.run([sys.executable, "-c", SHARED_START_UP], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    main_pid, main_nice, results = json.loads(done.stdout)
-    workers = {pid for _, _, pid, _ in results}
-    assert len(workers) == 2 and main_pid not in workers
-    for initialised_in, parent, pid, nice in results:
-        # the fork server ran the initializer, then forked this worker from itself, warm
-        assert initialised_in == parent and parent not in (main_pid, pid)
-        assert nice == min(main_nice + 5, 19)  # inherited, not lowered a second time
+def test_thread_pool_threads_run_at_the_asked_priority_and_the_caller_keeps_its_own():
+    global INITIALISED
+    INITIALISED = "not yet"
+    before = os.nice(0)
+    with thread_pool(2, mark_initialised, nice=5) as pool:
+        results = {pool.submit(thread_state).result(timeout=60) for _ in range(4)}
+    assert os.nice(0) == before  # only the pool's threads were lowered
+    if sys.platform.startswith("linux"):  # each thread has its own priority there
+        lowered = min(before + 5, 19)
+        # ... and the initializer ran after the priority was lowered
+        assert results == {(f"initialised at nice {lowered}", lowered)}
 
 
 def test_a_pool_without_start_now_is_ready_at_once_and_starts_workers_on_demand():

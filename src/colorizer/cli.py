@@ -124,7 +124,14 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--size", type=int, help="model input size (default: the size it was trained at)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default: %(default)s)")
-    parser.add_argument("--workers", type=int, help="decode/encode processes (default: cores - 1, at least 2; 0: none)")
+    parser.add_argument("--workers", type=int, help="decoders/encoders (default: cores - 1, at least 2; 0: none)")
+    parser.add_argument(
+        "--worker-kind",
+        choices=["auto", "threads", "processes"],
+        default="auto",
+        help="auto: threads beside a model on the CPU, processes beside a GPU; processes isolate a crashing "
+        "decoder (default: %(default)s)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument(
         "--format", type=str.upper, choices=sorted(FORMAT_SUFFIXES), help="output format (default: the input's)"
@@ -145,6 +152,7 @@ def _run_colorize(args: argparse.Namespace, params: Params) -> int:
         size=args.size,
         batch_size=args.batch_size,
         workers=args.workers,
+        worker_kind=args.worker_kind,
         device=args.device,
         format=args.format,
         quality=args.quality,

@@ -23,12 +23,12 @@ import torch
 
 from colorizer.allocator import keep_freed_memory
 from colorizer.checkpoints import load_generator
-from colorizer.colorize_worker import Job, Outcome, finish, init_worker, prepare
+from colorizer.colorize_worker import Job, Outcome, finish, init_worker, init_worker_thread, prepare
 from colorizer.config import UserError
 from colorizer.files import atomic_path, is_temp_name, progress
 from colorizer.images import FORMAT_SUFFIXES, SUFFIX_FORMATS, DecodedImage
 from colorizer.lab import denormalize_ab
-from colorizer.parallel import process_pool
+from colorizer.parallel import process_pool, thread_pool
 from colorizer.sources import ARCHIVE_SUFFIXES, ArchiveLimits, Rejected, archive_candidates
 from colorizer.train import autocast_dtype, pick_device
 
@@ -40,9 +40,11 @@ DEFAULT_MAX_PIXELS = 250_000_000
 # serial moments and while it waits for them, then on all cores. (Not SCHED_IDLE: that would starve
 # them outright on a machine that other jobs keep busy.)
 WORKER_NICE = 19
-# A huge scan's full-size planes (~40 bytes a pixel) are always joined and written in a worker, which
-# gives that memory back afterwards, never in this process (which keeps what it frees: see allocator).
+# Until worker processes are up, this process does their work, but joins and writes only photos up to
+# this size: a huge scan's full-size planes (~40 bytes a pixel) go to a worker, which gives that memory
+# back afterwards (this process keeps what it frees: see allocator).
 INLINE_MAX_PIXELS = 4_000_000
+WORKER_KINDS = ("auto", "threads", "processes")
 ARCHIVE_LIMITS = ArchiveLimits(
     max_members=1_000_000, max_member_bytes=1_000_000_000, max_total_bytes=1_000_000_000_000, max_ratio=200.0
 )
@@ -53,6 +55,7 @@ class ColorizeOptions:
     size: int | None = None
     batch_size: int = 8
     workers: int | None = None  # None: default_workers()
+    worker_kind: str = "auto"  # see start_workers
     device: str = "auto"
     format: str | None = None
     quality: int = 95
@@ -203,10 +206,7 @@ def colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions) ->
     check_paths(src, dst)
     keep_freed_memory()
     workers = options.workers if options.workers is not None else default_workers()
-    if workers == 0:
-        pool = INLINE
-    else:  # started before the model loads, so that their start-up overlaps it
-        pool = process_pool(workers, init_worker, nice=WORKER_NICE, start_now=True, shared_start_up=True)
+    pool = start_workers(workers, options.worker_kind, pick_device(options.device))  # before the model loads
     try:
         return _colorize(src, dst, model_dir, options, pool, workers)
     finally:
@@ -241,6 +241,22 @@ def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, p
         file=sys.stderr,
     )
     return summary
+
+
+def start_workers(workers: int, kind: str, device: torch.device) -> Executor:
+    """The decoders and writers beside the model, at the lowest priority.
+    auto: threads when the model runs on the CPU (it keeps every core busy and they only fill its
+    pauses, so they need no scaling past the GIL and gain from having no start-up and nothing to copy
+    between processes: +4% end to end on 2 cores, measured with `make bench`); processes with a GPU,
+    where they have the cores to themselves (and started before the model loads, to overlap it).
+    processes: also isolates a decoder that crashes (a rerun resumes without it)."""
+    if kind not in WORKER_KINDS:
+        raise UserError(f"worker kind {kind!r}: must be one of {', '.join(WORKER_KINDS)}")
+    if workers == 0:
+        return INLINE
+    if kind == "threads" or (kind == "auto" and device.type == "cpu"):
+        return thread_pool(workers, init_worker_thread, nice=WORKER_NICE)
+    return process_pool(workers, init_worker, nice=WORKER_NICE, start_now=True)
 
 
 def default_workers() -> int:
@@ -282,10 +298,10 @@ class _Pipeline:
         self._collect(keep=0)
 
     def _executor(self) -> Executor:
-        """The workers once they are up; until then (~0.3 s: the fork server imports and warms up what
-        they need) this process does their work itself, so that neither it nor the model waits: all
-        `prepare`s (a large JPEG is decoded at a reduced scale there) and the `finish` of photos of up
-        to INLINE_MAX_PIXELS."""
+        """The workers once they are up; until worker processes are (~0.3 s of imports and warm-up)
+        this process does their work itself, so that neither it nor the model waits: all `prepare`s
+        (a large JPEG is decoded at a reduced scale there) and the `finish` of photos of up to
+        INLINE_MAX_PIXELS."""
         ready = getattr(self.pool, "ready", None)
         return self.pool if ready is None or ready.is_set() else INLINE
 

@@ -1,12 +1,13 @@
 """The per-photo half of bulk colorization, run in worker processes: decode and shrink L for the
 model (`prepare`), then join the predicted a*b* with the full-size L and write (`finish`).
 
-Kept free of torch and pandas so that a spawned worker starts in a fraction of a second.
+Kept free of torch and pandas so that a spawned worker process starts in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import io
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +46,25 @@ class Outcome:
 
 
 def init_worker() -> None:
+    """A worker process."""
     # Each photo's planes reuse the last one's pages; up to 64 MB, so that a huge scan's planes still
     # go back to the system (many workers would otherwise each keep the largest photo's memory).
     keep_freed_memory(64 << 20)
+    init_worker_thread()
+
+
+def init_worker_thread() -> None:
+    """A worker thread (and each worker process's one thread)."""
     cv2.setNumThreads(1)  # parallelism comes from the workers; each is one thread
-    _warm_up()
+    global _warmed_up
+    with _WARM_UP_LOCK:  # OpenCV builds its Lab tables without a lock of its own
+        if not _warmed_up:
+            _warm_up()
+            _warmed_up = True
+
+
+_WARM_UP_LOCK = threading.Lock()
+_warmed_up = False
 
 
 def _warm_up() -> None:
