@@ -23,7 +23,7 @@ import torch
 
 from colorizer.allocator import keep_freed_memory
 from colorizer.checkpoints import load_generator
-from colorizer.colorize_worker import Job, Outcome, finish, init_worker, init_worker_thread, prepare
+from colorizer.colorize_worker import Job, Outcome, finish, init_worker, init_worker_thread, prepare, warm_up
 from colorizer.config import UserError
 from colorizer.files import atomic_path, is_temp_name, progress
 from colorizer.images import FORMAT_SUFFIXES, SUFFIX_FORMATS, DecodedImage
@@ -255,7 +255,9 @@ def start_workers(workers: int, kind: str, device: torch.device) -> Executor:
     if workers == 0:
         return INLINE
     if kind == "threads" or (kind == "auto" and device.type == "cpu"):
-        return thread_pool(workers, init_worker_thread, nice=WORKER_NICE)
+        pool = thread_pool(workers, init_worker_thread, nice=WORKER_NICE)
+        pool.submit(warm_up)  # one thread warms up while the others decode the first photos
+        return pool
     return process_pool(workers, init_worker, nice=WORKER_NICE, start_now=True)
 
 

@@ -46,35 +46,39 @@ class Outcome:
 
 
 def init_worker() -> None:
-    """A worker process."""
+    """A worker process: warms up at once, while the main process loads the model."""
     # Each photo's planes reuse the last one's pages; up to 64 MB, so that a huge scan's planes still
     # go back to the system (many workers would otherwise each keep the largest photo's memory).
     keep_freed_memory(64 << 20)
     init_worker_thread()
+    warm_up()
 
 
 def init_worker_thread() -> None:
-    """A worker thread (and each worker process's one thread)."""
+    """A worker thread (and each worker process's one thread). Worker threads leave `warm_up` to a task
+    of its own, so that the others decode the first photos meanwhile (only `finish` needs it)."""
     cv2.setNumThreads(1)  # parallelism comes from the workers; each is one thread
+
+
+def warm_up() -> None:
+    """Pay the first-call costs once per process (OpenCV building its Lab tables: ~0.1 s of CPU;
+    Pillow loading its JPEG plugin) before the first photo needs them. Thread-safe: OpenCV builds its
+    tables without a lock of its own, so a `finish` that comes first waits here instead."""
     global _warmed_up
-    with _WARM_UP_LOCK:  # OpenCV builds its Lab tables without a lock of its own
+    if _warmed_up:
+        return
+    with _WARM_UP_LOCK:
         if not _warmed_up:
-            _warm_up()
+            buffer = io.BytesIO()
+            Image.new("L", (16, 16), 128).save(buffer, format="JPEG")
+            L = full_L(decode(buffer.getvalue(), max_pixels=256), (8, 8))
+            rgb = to_uint8(lab_planes_to_rgb(L, np.zeros_like(L), np.zeros_like(L)))
+            Image.fromarray(rgb).save(io.BytesIO(), format="JPEG", quality=95)
             _warmed_up = True
 
 
 _WARM_UP_LOCK = threading.Lock()
 _warmed_up = False
-
-
-def _warm_up() -> None:
-    """Pay the first-call costs (Pillow loading its JPEG plugin, OpenCV building its Lab tables: ~0.1 s)
-    at start-up, while the main process loads the model, instead of on the first photos."""
-    buffer = io.BytesIO()
-    Image.new("L", (16, 16), 128).save(buffer, format="JPEG")
-    L = full_L(decode(buffer.getvalue(), max_pixels=256), (8, 8))
-    rgb = to_uint8(lab_planes_to_rgb(L, np.zeros_like(L), np.zeros_like(L)))
-    Image.fromarray(rgb).save(io.BytesIO(), format="JPEG", quality=95)
 
 
 # A grey photo up to this size is decoded once, at full size, and its plane travels from `prepare`
@@ -121,6 +125,7 @@ def finish(
     """Join the predicted (2, S, S) a*b* (Lab units) with the photo's own full-size L and write it.
     `decoded`: the photo as `prepare` decoded it, if it handed it on; otherwise it is decoded here."""
     started = time.perf_counter()
+    warm_up()
     try:
         decoded = decoded or decode(job.read(), max_pixels)
         height, width = decoded.rgb.shape[:2]
