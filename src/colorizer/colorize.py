@@ -1,9 +1,10 @@
 """Bulk colorization: `colorizer colorize SRC DST` over folders and archives, at full resolution.
 
-Worker processes decode photos and shrink their L to the model's size (`prepare`), the main
-process runs the generator on batches, and workers join the upsampled a*b* with the ORIGINAL
-full-resolution L and write the result atomically (`finish`). Outputs that already exist are
-skipped, so a killed run resumes where it stopped; a report row is written for every input.
+Workers (threads beside a model on the CPU, processes beside a GPU) decode photos and shrink their
+L to the model's size (`prepare`), the main process runs the generator on batches, and workers join
+the upsampled a*b* with the ORIGINAL full-resolution L and write the result atomically (`finish`).
+Outputs that already exist are skipped, so a killed run resumes where it stopped; a report row is
+written for every input.
 """
 
 from __future__ import annotations
@@ -247,7 +248,7 @@ def start_workers(workers: int, kind: str, device: torch.device) -> Executor:
     """The decoders and writers beside the model, at the lowest priority.
     auto: threads when the model runs on the CPU (it keeps every core busy and they only fill its
     pauses, so they need no scaling past the GIL and gain from having no start-up and nothing to copy
-    between processes: +4% end to end on 2 cores, measured with `make bench`); processes with a GPU,
+    between processes: +4% end to end on 2 cores, in 6 side-by-side runs); processes with a GPU,
     where they have the cores to themselves (and started before the model loads, to overlap it).
     processes: also isolates a decoder that crashes (a rerun resumes without it)."""
     if kind not in WORKER_KINDS:

@@ -1,5 +1,5 @@
-"""The per-photo half of bulk colorization, run in worker processes: decode and shrink L for the
-model (`prepare`), then join the predicted a*b* with the full-size L and write (`finish`).
+"""The per-photo half of bulk colorization, run in worker threads or processes: decode and shrink L
+for the model (`prepare`), then join the predicted a*b* with the full-size L and write (`finish`).
 
 Kept free of torch and pandas so that a spawned worker process starts in a fraction of a second.
 """
