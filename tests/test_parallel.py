@@ -2,13 +2,15 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
+import pytest
 
 from colorizer.allocator import keep_freed_memory
 from colorizer.colorize_worker import full_L
 from colorizer.images import decode
-from colorizer.parallel import process_pool, thread_pool
+from colorizer.parallel import RestartingPool, process_pool, thread_pool
 from tests.conftest import colourful, encode
 
 INITIALISED = "not yet"
@@ -46,6 +48,17 @@ def test_thread_pool_threads_run_at_the_asked_priority_and_the_caller_keeps_its_
         lowered = min(before + 5, 19)
         # ... and the initializer ran after the priority was lowered
         assert results == {(f"initialised at nice {lowered}", lowered)}
+
+
+def test_a_restarting_pool_fails_the_tasks_in_flight_when_a_worker_dies_then_carries_on():
+    pool = RestartingPool(lambda: process_pool(1, start_now=True))
+    with pool:
+        assert pool.ready.wait(timeout=60)
+        dying = pool.submit(os._exit, 1)  # as a worker killed for memory would
+        with pytest.raises(BrokenProcessPool):
+            dying.result(timeout=60)
+        assert pool.submit(os.getpid).result(timeout=60) != os.getpid()  # a new pool took over
+        assert pool.restarts == 1
 
 
 def test_a_pool_without_start_now_is_ready_at_once_and_starts_workers_on_demand():

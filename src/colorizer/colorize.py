@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from colorizer.config import UserError
 from colorizer.files import atomic_path, is_temp_name, progress
 from colorizer.images import FORMAT_SUFFIXES, SUFFIX_FORMATS, DecodedImage
 from colorizer.lab import denormalize_ab
-from colorizer.parallel import process_pool, thread_pool
+from colorizer.parallel import RestartingPool, process_pool, thread_pool
 from colorizer.sources import ARCHIVE_SUFFIXES, ArchiveLimits, Rejected, archive_candidates
 from colorizer.train import autocast_dtype, pick_device
 
@@ -259,7 +260,7 @@ def start_workers(workers: int, kind: str, device: torch.device) -> Executor:
         pool = thread_pool(workers, init_worker_thread, nice=WORKER_NICE)
         pool.submit(warm_up)  # one thread warms up while the others decode the first photos
         return pool
-    return process_pool(workers, init_worker, nice=WORKER_NICE, start_now=True)
+    return RestartingPool(lambda: process_pool(workers, init_worker, nice=WORKER_NICE, start_now=True))
 
 
 def default_workers() -> int:
@@ -312,8 +313,8 @@ class _Pipeline:
         job, future = self.prepared.popleft()
         try:
             L_small, outcome, decoded = future.result()
-        except Exception as e:  # a worker that died (killed for memory, say)
-            L_small, outcome = None, Outcome("failed", f"worker error: {type(e).__name__}: {e}")
+        except Exception as e:
+            L_small, outcome = None, worker_failure(e)
         if L_small is None:
             self._record(job, outcome)
             return
@@ -346,13 +347,19 @@ class _Pipeline:
             try:
                 outcome = future.result()
             except Exception as e:
-                outcome = Outcome("failed", f"worker error: {type(e).__name__}: {e}")
+                outcome = worker_failure(e)
             outcome.seconds += seconds_before
             self._record(job, outcome)
 
     def _record(self, job: Job, outcome: Outcome) -> None:
         self.summary.rows[job.index] = (job.relative, outcome)
         self.bar.update(1)
+
+
+def worker_failure(error: Exception) -> Outcome:
+    if isinstance(error, BrokenProcessPool):  # the pool restarts itself for the photos after these
+        return Outcome("failed", "a worker process died with this photo in flight (out of memory?); rerun to retry")
+    return Outcome("failed", f"worker error: {type(error).__name__}: {error}")
 
 
 def write_report(path: Path, summary: Summary) -> None:

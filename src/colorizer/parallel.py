@@ -18,7 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 _PR_SET_PDEATHSIG = 1
@@ -81,6 +81,32 @@ def process_pool(
     else:
         pool.ready.set()
     return pool
+
+
+class RestartingPool(Executor):
+    """A process pool that replaces itself when one of its workers dies (killed for memory, a decoder
+    that crashes): the tasks then in flight fail with BrokenProcessPool, later ones go to a new pool."""
+
+    def __init__(self, start: Callable[[], WorkerPool]):
+        self._start = start
+        self._pool = start()
+        self.restarts = 0
+
+    @property
+    def ready(self) -> threading.Event:
+        return self._pool.ready
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        try:
+            return self._pool.submit(fn, *args, **kwargs)
+        except BrokenProcessPool:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._start()
+            self.restarts += 1
+            return self._pool.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
 def thread_pool(workers: int, initializer: Callable[[], None] | None = None, nice: int = 0) -> ThreadPoolExecutor:
