@@ -251,7 +251,7 @@ def start_workers(workers: int, kind: str, device: torch.device) -> Executor:
     pauses, so they need no scaling past the GIL and gain from having no start-up and nothing to copy
     between processes: +4% end to end on 2 cores, in 6 side-by-side runs); processes with a GPU,
     where they have the cores to themselves (and started before the model loads, to overlap it).
-    processes: also isolates a decoder that crashes (a rerun resumes without it)."""
+    processes: also isolates a decoder that crashes (the photos in flight fail, the run goes on)."""
     if kind not in WORKER_KINDS:
         raise UserError(f"worker kind {kind!r}: must be one of {', '.join(WORKER_KINDS)}")
     if workers == 0:
