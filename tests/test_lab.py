@@ -1,3 +1,8 @@
+import os
+import platform
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from skimage.color import lab2rgb, rgb2lab
@@ -77,3 +82,36 @@ def test_mean_chroma_is_zero_for_grey_and_large_for_colour():
     grey = np.repeat(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], 3, axis=2)
     assert mean_chroma(grey) < 0.01
     assert mean_chroma(np.full((4, 4, 3), (255, 0, 0), np.uint8)) > 100
+
+
+_LAB_BYTES_IN_A_SUBPROCESS = """
+import hashlib, sys
+import numpy as np
+from threadpoolctl import threadpool_info
+from colorizer.lab import L_from_rgb, rgb_to_lab
+rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
+print([pool.get("architecture") for pool in threadpool_info() if "numpy" in pool["filepath"]][0])
+print(hashlib.sha256(rgb_to_lab(rgb).tobytes() + L_from_rgb(rgb).tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="OpenBLAS core types named here are x86's")
+def test_lab_bytes_do_not_depend_on_the_cpu_kernels():
+    """Shards must be the same bytes on every machine: the conversion may not depend on which BLAS
+    kernel or which numpy SIMD level the CPU gets (each sums or rounds in its own way)."""
+
+    def run(**env: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-c", _LAB_BYTES_IN_A_SUBPROCESS],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.split()
+
+    kernel, default = run()
+    older_kernel, with_older_blas = run(OPENBLAS_CORETYPE="Prescott")
+    assert older_kernel != kernel  # numpy's BLAS really ran another kernel (it may name it Katmai)
+    assert with_older_blas == default
+    assert run(NPY_DISABLE_CPU_FEATURES="AVX2 FMA3")[1] == default

@@ -2,7 +2,8 @@
 
 One implementation of each direction, used everywhere (shards, metrics, colorize), with the same
 formulas and constants as scikit-image's `rgb2lab`/`lab2rgb` (tests compare them):
-- rgb -> Lab is vectorised numpy in float32 (max abs error about 1e-4 against scikit-image);
+- rgb -> Lab is vectorised numpy in float32 (max abs error about 1e-4 against scikit-image), and
+  gives the same bytes on every CPU, so shards do too;
 - Lab -> rgb runs through OpenCV's SIMD kernel after clamping b* the way scikit-image clips
   negative Z: about 30x faster than numpy (colorize recombines millions of full-resolution pixels
   per image) and within 0.0012 (a third of an 8-bit level) of scikit-image, out-of-gamut included.
@@ -33,15 +34,42 @@ def _srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
     return np.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
 
 
+# Shards must hold the same bytes on every CPU, so the forward conversion avoids the two things
+# whose last bits depend on the machine: BLAS (`@` picks a kernel per CPU, Haswell or SkylakeX, and
+# each sums in its own order) and numpy's float32 cube root (a SIMD version on AVX-512 machines).
+# Plain float32 multiplies and adds round exactly (IEEE) everywhere, and a float64 cube root rounded
+# to float32 comes out the same unless the exact value sits within an ulp64 of a float32 midpoint.
+_XYZ_ROWS = (XYZ_FROM_RGB / WHITE_D65[:, None]).astype(np.float32)  # rows scaled by the white point
+
+
+def _mix(linear: np.ndarray, row: np.ndarray) -> np.ndarray:
+    """(..., 3) @ one row of the colour matrix, as float32 multiply-adds in a fixed order."""
+    return linear[..., 0] * row[0] + linear[..., 1] * row[1] + linear[..., 2] * row[2]
+
+
+def _cbrt(t: np.ndarray) -> np.ndarray:
+    return np.cbrt(t.astype(np.float64)).astype(np.float32)
+
+
+def _linear(rgb: np.ndarray) -> np.ndarray:
+    if rgb.dtype == np.uint8:  # a table: exact; OpenCV's gather is 6x faster than numpy's indexing
+        return cv2.LUT(np.ascontiguousarray(rgb).reshape(-1, 3), _LINEAR_OF_UINT8).reshape(rgb.shape)
+    return _srgb_to_linear(np.asarray(rgb, dtype=np.float64)).astype(np.float32)
+
+
+def _f(t: np.ndarray) -> np.ndarray:
+    """CIE's f(t): a cube root above (6/29)^3, a line below it."""
+    return np.where(t > _EPSILON, _cbrt(t), _KAPPA * t + 16.0 / 116.0)
+
+
 def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) sRGB -> (..., 3) float32 Lab. uint8 input is read as 0..255, floats as 0..1."""
-    rgb = np.asarray(rgb)
-    rgb01 = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
-    xyz = _srgb_to_linear(rgb01) @ (XYZ_FROM_RGB / WHITE_D65[:, None]).T.astype(np.float32)
-    f = np.where(xyz > _EPSILON, np.cbrt(xyz), _KAPPA * xyz + 16.0 / 116.0)
-    fx, fy, fz = f[..., 0], f[..., 1], f[..., 2]
-    L = np.where(xyz[..., 1] > _EPSILON, 116.0 * fy - 16.0, 903.3 * xyz[..., 1])
-    return np.stack([L, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1).astype(np.float32)
+    """(..., 3) sRGB -> (..., 3) float32 Lab. uint8 input is read as 0..255, floats as 0..1.
+    The same bytes on every CPU (see above)."""
+    linear = _linear(np.asarray(rgb))
+    x, y, z = (_mix(linear, row) for row in _XYZ_ROWS)
+    fx, fy, fz = _f(x), _f(y), _f(z)
+    L = np.where(y > _EPSILON, 116.0 * fy - 16.0, 903.3 * y)
+    return np.stack([L, 500.0 * (fx - fy), 200.0 * (fy - fz)], axis=-1)
 
 
 def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
@@ -69,9 +97,8 @@ def to_uint8(rgb01: np.ndarray) -> np.ndarray:
 def L_from_rgb(rgb_uint8: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 sRGB -> (...) float32 L, the same value as rgb_to_lab(...)[..., 0] but only
     the luminance: a lookup table per channel and one cube root (colorize needs L at full size)."""
-    linear = _LINEAR_OF_UINT8[rgb_uint8]  # (..., 3)
-    y = linear @ XYZ_FROM_RGB[1].astype(np.float32)  # Y of the D65 white is 1
-    return np.where(y > _EPSILON, 116.0 * np.cbrt(y) - 16.0, 903.3 * y).astype(np.float32)
+    y = _mix(_linear(rgb_uint8), _XYZ_ROWS[1])  # Y of the D65 white is 1
+    return np.where(y > _EPSILON, 116.0 * _cbrt(y) - 16.0, 903.3 * y)
 
 
 _LINEAR_OF_UINT8 = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
