@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -166,8 +167,18 @@ def test_sigterm_marks_killed_and_a_rerun_resumes(tiny_shards, tmp_path, mlflow_
 
 
 def test_precision_choice():
-    assert autocast_dtype("fp32", torch.device("cpu")) is None
-    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    cpu = torch.device("cpu")
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert autocast_dtype("fp32", cpu) is None
+    assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert autocast_dtype("bf16", cpu) == torch.bfloat16  # asked for: given, warned where slow
+    assert [str(w.message) for w in caught if "without native bf16" in str(w.message)] == (
+        []
+        if native
+        else ["precision bf16 on a cpu without native bf16 runs many times slower than fp32 (use precision: auto)"]
+    )
     gan = build_gan(tiny_params().model, tiny_params().train, 32, torch.device("cpu"))
     losses = gan.train_step(torch.zeros(4, 1, 32, 32), torch.zeros(4, 2, 32, 32))
     assert set(losses) == {"d_real", "d_fake", "g_gan", "g_l1"}
