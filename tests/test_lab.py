@@ -85,17 +85,19 @@ def test_mean_chroma_is_zero_for_grey_and_large_for_colour():
 
 
 _LAB_BYTES_IN_A_SUBPROCESS = """
-import hashlib, sys
+import hashlib
 import numpy as np
+from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
 from threadpoolctl import threadpool_info
 from colorizer.lab import L_from_rgb, rgb_to_lab
 rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
 print([pool.get("architecture") for pool in threadpool_info() if "numpy" in pool["filepath"]][0])
+print(",".join(f for f in __cpu_dispatch__ if __cpu_features__[f]) or "baseline")
 print(hashlib.sha256(rgb_to_lab(rgb).tobytes() + L_from_rgb(rgb).tobytes()).hexdigest())
 """
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="OpenBLAS core types named here are x86's")
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="the kernels and SIMD levels named here are x86's")
 def test_lab_bytes_do_not_depend_on_the_cpu_kernels():
     """Shards must be the same bytes on every machine: the conversion may not depend on which BLAS
     kernel or which numpy SIMD level the CPU gets (each sums or rounds in its own way)."""
@@ -110,8 +112,10 @@ def test_lab_bytes_do_not_depend_on_the_cpu_kernels():
         )
         return done.stdout.split()
 
-    kernel, default = run()
-    older_kernel, with_older_blas = run(OPENBLAS_CORETYPE="Prescott")
+    kernel, simd, default = run()
+    older_kernel, _, with_older_blas = run(OPENBLAS_CORETYPE="Prescott")
     assert older_kernel != kernel  # numpy's BLAS really ran another kernel (it may name it Katmai)
     assert with_older_blas == default
-    assert run(NPY_DISABLE_CPU_FEATURES="AVX2 FMA3")[1] == default
+    _, lower_simd, with_baseline_simd = run(NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR")
+    assert (simd, lower_simd) != ("baseline", "baseline") and lower_simd == "baseline"  # numpy 2.4's names
+    assert with_baseline_simd == default
