@@ -159,9 +159,10 @@ def write_jpegs(folder: Path, count: int, width: int = 1024, height: int = 768) 
 # figures taken seconds apart. That also pays torch's one-time set-up (~0.2 s of kernel selection on
 # the first batch) before the clock starts, as the interpreter's imports are.
 COLORIZE_E2E = """
-import json, statistics, sys, time
+import json, sys, time
 import numpy as np
 from pathlib import Path
+from bench.common import time_calls
 from colorizer.allocator import keep_freed_memory
 from colorizer.colorize import ColorizeOptions, ModelRunner, colorize
 keep_freed_memory()  # as the `colorizer` command does first
@@ -169,18 +170,13 @@ src, dst, model, device, batch = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.
 options = ColorizeOptions(device=device, batch_size=batch)
 runner = ModelRunner(model, options)
 L = np.random.default_rng(0).uniform(-1, 1, (batch, 1, 256, 256)).astype(np.float32)
-runner.predict(L)
-steps, began = [], time.perf_counter()
-while time.perf_counter() - began < 1.5:
-    started = time.perf_counter()
-    runner.predict(L)
-    steps.append(time.perf_counter() - started)
+step = time_calls(lambda: runner.predict(L), runner.device, repeats=1, min_seconds=1.5)
 del runner
 started = time.perf_counter()
 summary = colorize(src, dst, model, options)
 seconds = time.perf_counter() - started
 assert summary.count("done") == len(list(src.iterdir())), "colorize failed on some benchmark images"
-print(json.dumps({"seconds": seconds, "infer_img_s": batch / statistics.median(steps)}))
+print(json.dumps({"seconds": seconds, "infer_img_s": batch / step}))
 """
 
 
