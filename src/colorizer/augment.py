@@ -62,14 +62,22 @@ def image_seed(base_seed: int, image_id: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def variants(rgb: np.ndarray, image_id: str, split: str, cfg: AugmentConfig, seed: int) -> list[np.ndarray]:
+def copies_of(kind: str, split: str, cfg: AugmentConfig) -> int:
+    if split != "train":
+        return 1
+    return cfg.copies_per_cutout if kind == "cutout" and cfg.copies_per_cutout else cfg.copies_per_image
+
+
+def variants(
+    rgb: np.ndarray, image_id: str, split: str, cfg: AugmentConfig, seed: int, kind: str = "photo"
+) -> list[np.ndarray]:
     if split != "train":
         return [eval_transform(cfg.image_size)(image=rgb)["image"]]
     per_image = image_seed(seed, image_id)
     transform = train_transform(cfg, per_image)
     rng = np.random.default_rng(per_image)
     out = []
-    for _ in range(cfg.copies_per_image):
+    for _ in range(copies_of(kind, split, cfg)):
         image = transform(image=rgb)["image"]
         if rng.random() < cfg.brightness_contrast_p:
             image = jitter_luminance(image, rng, cfg)
@@ -78,26 +86,28 @@ def variants(rgb: np.ndarray, image_id: str, split: str, cfg: AugmentConfig, see
 
 
 def augment(cfg: AugmentConfig, seed: int, fetched_dir: Path, out_dir: Path) -> dict[str, int]:
-    """Write `<split>.npy` packs and `index.parquet` (split, row, id); returns images per split."""
+    """Write `<split>.npy` packs and `index.parquet` (split, row, id, kind); returns images per split."""
     manifest = pd.read_parquet(fetched_dir / "manifest.parquet")
     accepted = manifest[manifest.status == "ok"].sort_values("id")
     index_rows, counts = [], {}
     for split in SPLITS:
         photos = accepted[accepted.split == split]
-        copies = cfg.copies_per_image if split == "train" else 1
+        kinds = photos.kind if "kind" in photos else pd.Series("photo", index=photos.index)
+        count = sum(copies_of(kind, split, cfg) for kind in kinds)
         size = cfg.image_size
         with atomic_path(out_dir / f"{split}.npy") as tmp:
-            pack = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(photos) * copies, size, size, 3))
+            pack = open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
             row = 0
-            for photo in progress(photos.itertuples(), desc=f"augment {split}", total=len(photos)):
+            pairs = zip(photos.itertuples(), kinds, strict=True)
+            for photo, kind in progress(pairs, desc=f"augment {split}", total=len(photos)):
                 rgb = read_rgb(fetched_dir / "images" / photo.file)
-                for variant in variants(rgb, photo.id, split, cfg, seed):
+                for variant in variants(rgb, photo.id, split, cfg, seed, kind):
                     pack[row] = variant
-                    index_rows.append({"split": split, "row": row, "id": photo.id})
+                    index_rows.append({"split": split, "row": row, "id": photo.id, "kind": kind})
                     row += 1
             pack.flush()
             del pack
         counts[split] = row
     with atomic_path(out_dir / "index.parquet") as tmp:
-        pd.DataFrame(index_rows, columns=["split", "row", "id"]).to_parquet(tmp, index=False)
+        pd.DataFrame(index_rows, columns=["split", "row", "id", "kind"]).to_parquet(tmp, index=False)
     return counts

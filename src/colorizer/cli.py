@@ -34,6 +34,7 @@ def _fetch_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=Path("data"), help="the user's photo folder (default: data)")
     parser.add_argument("--out", type=Path, default=Path("work/fetch"), help="output folder")
     parser.add_argument("--cache", type=Path, default=Path(".cache/downloads"), help="download cache folder")
+    parser.add_argument("--corpus", type=Path, default=Path("corpus"), help="the corpus `make corpus` built")
     parser.add_argument("--summary", type=Path, default=Path("metrics/fetch.json"), help="summary JSON (DVC metrics)")
     parser.set_defaults(run=_run_fetch)
 
@@ -41,8 +42,23 @@ def _fetch_args(parser: argparse.ArgumentParser) -> None:
 def _run_fetch(args: argparse.Namespace, params: Params) -> None:
     from colorizer.fetch import fetch
 
-    summary = fetch(params.fetch, args.data, args.out, args.cache, args.summary)
+    summary = fetch(params.fetch, args.data, args.out, args.cache, args.summary, corpus_dir=args.corpus)
     print(json.dumps(summary))
+
+
+@command("corpus", "Download the pinned Debian packages of corpus.yaml and select their photos.", needs_params=False)
+def _corpus_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--spec", type=Path, default=Path("corpus.yaml"), help="reviewed list (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("corpus"), help="corpus folder (default: %(default)s)")
+    parser.add_argument("--cache", type=Path, default=Path(".cache/debs"), help="downloaded packages")
+    parser.set_defaults(run=_run_corpus)
+
+
+def _run_corpus(args: argparse.Namespace, params: Params) -> None:
+    from colorizer.corpus import build_corpus
+
+    summary = build_corpus(args.spec, args.out, args.cache)
+    print(json.dumps({"photos": summary.photos, "by_package": summary.by_package}))
 
 
 @command("augment", "Make fixed-size training variants and val/test crops from the fetched photos.")

@@ -52,7 +52,9 @@ class DownloadConfig(Section):
 
 
 class FetchConfig(Section):
-    sources: list[Literal["samples", "data"]] = Field(default_factory=lambda: ["samples", "data"], min_length=1)
+    sources: list[Literal["samples", "data", "corpus"]] = Field(
+        default_factory=lambda: ["samples", "data"], min_length=1
+    )
     formats: list[Literal["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF"]] = Field(
         default_factory=lambda: ["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF"], min_length=1
     )
@@ -67,6 +69,7 @@ class FetchConfig(Section):
 class AugmentConfig(Section):
     image_size: int = Field(64, ge=32)
     copies_per_image: int = Field(8, gt=0)
+    copies_per_cutout: int | None = Field(None, gt=0)  # None: copies_per_image; cut-outs are small and alike
     crop_scale: tuple[float, float] = (0.35, 1.0)
     hflip_p: float = Field(0.5, ge=0.0, le=1.0)
     rotate_degrees: float = Field(10.0, ge=0.0, le=180.0)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from colorizer.config import FetchConfig, SplitConfig
 from colorizer.files import atomic_path, atomic_write_bytes, atomic_write_json, progress
-from colorizer.images import RejectedImage, content_id, decode, encode_png, reject_reason
+from colorizer.images import RejectedImage, content_id, decode, encode_png, kind_of, reject_reason
 from colorizer.parallel import process_pool
 from colorizer.sources import (
     ArchiveLimits,
@@ -25,10 +25,25 @@ from colorizer.sources import (
     DownloadSettings,
     Rejected,
     bundled_samples,
+    corpus_candidates,
     folder_candidates,
 )
 
-MANIFEST_COLUMNS = ["path", "id", "width", "height", "mode", "format", "status", "reason", "detail", "split", "file"]
+# kind: "photo" or "cutout" (a subject on transparency); evaluate reports the two separately.
+MANIFEST_COLUMNS = [
+    "path",
+    "id",
+    "width",
+    "height",
+    "mode",
+    "format",
+    "kind",
+    "status",
+    "reason",
+    "detail",
+    "split",
+    "file",
+]
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,7 @@ def decode_and_store(job: DecodeJob) -> dict:
     except RejectedImage as e:
         return row | {"reason": e.reason, "detail": e.detail[:200]}
     height, width = decoded.rgb.shape[:2]
-    row |= {"width": width, "height": height, "mode": decoded.mode, "format": decoded.format}
+    row |= {"width": width, "height": height, "mode": decoded.mode, "format": decoded.format, "kind": kind_of(decoded)}
     row["id"] = content_id(decoded.rgb)
     reason = reject_reason(decoded, job.min_side, job.min_chroma)
     if reason:
@@ -71,23 +86,34 @@ def decode_and_store(job: DecodeJob) -> dict:
     return row | {"status": "ok", "file": target.name}
 
 
-def gather_candidates(cfg: FetchConfig, data_dir: Path, cache_dir: Path) -> Iterator[Candidate | Rejected]:
+def gather_candidates(
+    cfg: FetchConfig, data_dir: Path, cache_dir: Path, corpus_dir: Path = Path("corpus")
+) -> Iterator[Candidate | Rejected]:
     limits = ArchiveLimits(**cfg.archive.model_dump())
     download = DownloadSettings(cache_dir=cache_dir, **cfg.download.model_dump())
     for source in cfg.sources:
         if source == "samples":
             yield from bundled_samples()
+        elif source == "corpus":
+            yield from corpus_candidates(corpus_dir)
         elif data_dir.is_dir():
             yield from folder_candidates(data_dir, limits, download)
 
 
 def fetch(
-    cfg: FetchConfig, data_dir: Path, out_dir: Path, cache_dir: Path, summary_path: Path, workers: int | None = None
+    cfg: FetchConfig,
+    data_dir: Path,
+    out_dir: Path,
+    cache_dir: Path,
+    summary_path: Path,
+    workers: int | None = None,
+    corpus_dir: Path = Path("corpus"),
 ) -> dict:
     """Run the stage; returns the summary that is also written to `summary_path`."""
     images_dir = out_dir / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    rows = list(progress(_decode_all(cfg, data_dir, images_dir, cache_dir, workers), desc="fetch"))
+    candidates = gather_candidates(cfg, data_dir, cache_dir, corpus_dir)
+    rows = list(progress(_decode_all(cfg, candidates, images_dir, workers), desc="fetch"))
     manifest = _assign(rows, cfg.split)
     kept = set(manifest.loc[manifest.status == "ok", "file"])
     for stale in images_dir.iterdir():  # left by an earlier run by hand: not part of this manifest
@@ -101,9 +127,9 @@ def fetch(
 
 
 def _decode_all(
-    cfg: FetchConfig, data_dir: Path, images_dir: Path, cache_dir: Path, workers: int | None
+    cfg: FetchConfig, candidates: Iterable[Candidate | Rejected], images_dir: Path, workers: int | None
 ) -> Iterator[dict]:
-    jobs = _jobs(gather_candidates(cfg, data_dir, cache_dir), cfg, images_dir)
+    jobs = _jobs(candidates, cfg, images_dir)
     workers = workers or min(4, os.cpu_count() or 1)
     if workers == 1:
         yield from (job if isinstance(job, dict) else decode_and_store(job) for job in jobs)
@@ -166,4 +192,5 @@ def summarize(manifest: pd.DataFrame) -> dict:
         "rejected": len(rejected),
         "reasons": dict(sorted(Counter(rejected.reason).items())),
         "split": {name: int((ok.split == name).sum()) for name in ("train", "val", "test")},
+        "kind": {name: int((ok.kind == name).sum()) for name in ("photo", "cutout")},
     }

@@ -172,19 +172,36 @@ def _to_srgb_via_icc(img: Image.Image, icc_profile: bytes | None) -> Image.Image
     return img.convert("RGB")
 
 
+CUTOUT_TRANSPARENT_SHARE = 0.05  # a photo with at least this share of (partly) transparent pixels is a cut-out
+
+
 def reject_reason(decoded: DecodedImage, min_side: int, min_chroma: float) -> str | None:
     """Why a decoded photo teaches us nothing (too small, greyscale), or None to keep it."""
     height, width = decoded.rgb.shape[:2]
     if min(height, width) < min_side:
         return "too small"
-    if chroma_of(decoded.rgb) < min_chroma:
+    if chroma_of(decoded.rgb, decoded.alpha) < min_chroma:
         return "near-greyscale"
     return None
 
 
-def chroma_of(rgb: np.ndarray) -> float:
+def kind_of(decoded: DecodedImage) -> str:
+    """ "cutout" for a subject cut out on transparency (composited on white), else "photo"."""
+    if decoded.alpha is None:
+        return "photo"
+    return "cutout" if float((decoded.alpha < 255).mean()) >= CUTOUT_TRANSPARENT_SHARE else "photo"
+
+
+def chroma_of(rgb: np.ndarray, alpha: np.ndarray | None = None) -> float:
+    """Mean Lab chroma of the opaque pixels (a cut-out's white background would dilute it)."""
     step = max(1, max(rgb.shape[:2]) // 256)  # a 256-px preview is enough for a mean
-    return mean_chroma(rgb[::step, ::step])
+    preview = rgb[::step, ::step]
+    if alpha is not None:
+        opaque = alpha[::step, ::step] >= 128
+        if not opaque.any():
+            return 0.0
+        preview = preview[opaque][None]  # (1, n, 3): mean_chroma takes any (..., 3)
+    return mean_chroma(preview)
 
 
 def content_id(rgb: np.ndarray) -> str:

@@ -2,7 +2,8 @@
 
 A shard is one `.npy` file holding (N, 3, S, S) float16 Lab (L in 0..100, a*b* in Lab units),
 memory-mapped on read, so training never decodes an image nor converts a colour space.
-`index.json` lists the shards of each split and the image ids in order.
+`index.json` lists the shards of each split, the image ids in order and each image's kind
+(photo or cut-out).
 """
 
 from __future__ import annotations
@@ -30,14 +31,20 @@ def write_shards(augmented_dir: Path, out_dir: Path, images_per_shard: int) -> d
     index: dict = {"format": "lab-float16-nchw", "splits": {}}
     for split in SPLITS:
         pack = np.load(augmented_dir / f"{split}.npy", mmap_mode="r")
-        split_ids = ids[ids.split == split].sort_values("row").id.tolist()
+        rows = ids[ids.split == split].sort_values("row")
         shards = []
         for number, start in enumerate(range(0, len(pack), images_per_shard)):
             name = f"{split}-{number:05d}.npy"
             _write_one(pack[start : start + images_per_shard], out_dir / name, split)
             shards.append({"file": name, "count": min(images_per_shard, len(pack) - start)})
         size = int(pack.shape[1]) if pack.ndim == 4 else 0
-        index["splits"][split] = {"shards": shards, "count": len(pack), "image_size": size, "ids": split_ids}
+        index["splits"][split] = {
+            "shards": shards,
+            "count": len(pack),
+            "image_size": size,
+            "ids": rows.id.tolist(),
+            "kinds": rows.kind.tolist() if "kind" in rows else ["photo"] * len(rows),
+        }
     atomic_write_json(out_dir / INDEX_NAME, index)
     return index
 
@@ -71,6 +78,7 @@ class LabShardDataset(Dataset):
         self.shard_dir = Path(shard_dir)
         info = read_index(self.shard_dir)["splits"][split]
         self.split, self.image_size, self.ids = split, info["image_size"], info["ids"]
+        self.kinds = info.get("kinds") or ["photo"] * len(self.ids)  # "photo" or "cutout", per image
         self.shards = [np.load(self.shard_dir / s["file"], mmap_mode="r") for s in info["shards"]]
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
 

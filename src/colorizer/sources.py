@@ -84,6 +84,18 @@ def bundled_samples() -> Iterator[Candidate]:
             yield Candidate(f"samples:{package}/{relative}", path.read_bytes)
 
 
+def corpus_candidates(corpus_dir: Path) -> Iterator[Candidate | Rejected]:
+    """The photos `make corpus` selected, in manifest order, shown as corpus:<package>/<path>."""
+    from colorizer.corpus import read_manifest  # pandas: only when the corpus is a source
+
+    for file in read_manifest(corpus_dir).file:
+        path = corpus_dir / file
+        if path.is_file():
+            yield Candidate(f"corpus:{file}", path.read_bytes)
+        else:
+            yield Rejected(f"corpus:{file}", "missing", "in the corpus manifest but not on disk (run make corpus)")
+
+
 def folder_candidates(root: Path, limits: ArchiveLimits, download: DownloadSettings) -> Iterator[Candidate | Rejected]:
     """Every file under `root` (sorted, recursive): images, archive members, URL-list entries."""
     for path in sorted(p for p in root.rglob("*") if not _is_hidden(p.relative_to(root))):
