@@ -1,8 +1,19 @@
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from colorizer.checkpoints import GENERATOR_FILE, CheckpointError, export_model, load_discriminator, load_generator
+from colorizer.checkpoints import (
+    GENERATOR_FILE,
+    MODEL_INFO_FILE,
+    CheckpointError,
+    export_model,
+    load_discriminator,
+    load_generator,
+    sha256_of,
+    ship_generator,
+)
 from colorizer.models import Discriminator, Generator
 
 
@@ -30,5 +41,31 @@ def test_weights_missing_a_tensor_are_a_clear_error(exported):
     tensors = load_file(str(model_dir / GENERATOR_FILE))
     del tensors["down.0.conv.weight"]
     save_file(tensors, str(model_dir / GENERATOR_FILE))
+    info = json.loads((model_dir / MODEL_INFO_FILE).read_text())  # a consistent pair, just the wrong shape
+    info["model_sha256"] = sha256_of(model_dir / GENERATOR_FILE)
+    (model_dir / MODEL_INFO_FILE).write_text(json.dumps(info))
     with pytest.raises(CheckpointError, match="generator.safetensors: does not fit the model"):
         load_generator(model_dir)
+
+
+def test_flipped_bits_in_the_weights_are_refused_by_their_sha256(exported):
+    model_dir = exported[0]
+    data = bytearray((model_dir / GENERATOR_FILE).read_bytes())
+    data[-100] ^= 0xFF  # inside a tensor: the file still parses, the colours would be wrong
+    (model_dir / GENERATOR_FILE).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 differs"):
+        load_generator(model_dir)
+
+
+def test_shipped_fp16_weights_load_as_fp32_and_predict_alike(exported, tmp_path):
+    model_dir, generator, _ = exported
+    shipped = tmp_path / "shipped"
+    info = ship_generator(model_dir, shipped, {"note": "test"})
+    assert info["weights_dtype"] == "float16" and info["note"] == "test" and "mlflow_run_id" not in info
+    assert {t.dtype for t in load_file(str(shipped / GENERATOR_FILE)).values()} <= {torch.float16, torch.int64}
+    loaded, loaded_info = load_generator(shipped)
+    assert loaded_info["model_sha256"] == sha256_of(shipped / GENERATOR_FILE)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), generator(x), rtol=0, atol=0.02)

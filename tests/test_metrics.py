@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from colorizer.metrics import adversarial_bce_per_image, colourfulness, gan_loss, l1_lab_units, l1_per_image, psnr, ssim
+from colorizer.metrics import (
+    adversarial_bce_per_image,
+    colourfulness,
+    gan_loss,
+    hue_agreement,
+    l1_lab_units,
+    l1_per_image,
+    psnr,
+    ssim,
+)
 
 
 def test_colourfulness_by_hand():
@@ -41,3 +50,25 @@ def test_l1_and_gan_loss_by_hand():
     bce = adversarial_bce_per_image(logits)
     assert bce.tolist() == pytest.approx([np.log(2)] * 2)
     assert gan_loss(bce, l1_per_image(pred, true)).tolist() == pytest.approx([np.log(2) + 50, np.log(2)])
+
+
+def test_hue_agreement_by_hand():
+    from skimage.color import rgb2lab
+
+    red, grey, blue, orange = (255, 0, 0), (128, 128, 128), (0, 0, 255), (255, 128, 0)
+    hue = {c: np.degrees(np.arctan2(*rgb2lab(np.array([[c]], np.uint8))[0, 0, [2, 1]])) for c in (red, blue, orange)}
+    assert abs(hue[orange] - hue[red]) < 45 < abs(hue[blue] - hue[red])  # the premise of the cases below
+    true = np.array([[red, red, red, red, grey]], np.uint8)
+    pred = np.array([[red, grey, blue, orange, blue]], np.uint8)
+    # 4 colourful pixels (the grey one has chroma 0 and does not count): red and orange agree, grey and blue don't
+    assert hue_agreement(pred, true) == pytest.approx(0.5)
+    assert hue_agreement(true, true) == 1.0
+    assert hue_agreement(np.full_like(true, 128), true) == 0.0  # the grey baseline
+    assert np.isnan(hue_agreement(true, np.full_like(true, 90)))  # nothing colourful to agree with
+
+
+def test_hue_agreement_of_a_random_hue_is_about_a_quarter():
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    pred = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    assert 0.18 < hue_agreement(pred, true) < 0.32

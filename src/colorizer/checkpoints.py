@@ -23,6 +23,9 @@ from colorizer.lab import AB_SCALE, L_SCALE, L_SHIFT
 from colorizer.models import Discriminator, Generator
 
 CHECKPOINT_FORMAT = 1
+# The model `colorizer colorize` uses without --model: trained on the corpus, shipped in the package
+# (fp16 safetensors, model.json, MODEL_CARD.md).
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 M = TypeVar("M", bound=torch.nn.Module)
 GENERATOR_FILE, DISCRIMINATOR_FILE, MODEL_INFO_FILE = "generator.safetensors", "discriminator.safetensors", "model.json"
 
@@ -94,10 +97,41 @@ def read_model_info(model_dir: Path) -> dict[str, Any]:
 
 
 def load_generator(model_dir: Path) -> tuple[Generator, dict[str, Any]]:
+    """The generator in fp32 (shipped weights are stored in fp16), after checking its bytes against
+    model.json's sha256: a damaged file must not colorize an archive white."""
     info = read_model_info(model_dir)
     path = Path(model_dir) / GENERATOR_FILE
+    if path.is_file() and info.get("model_sha256") and sha256_of(path) != info["model_sha256"]:
+        raise CheckpointError(
+            f"{path}: sha256 differs from {MODEL_INFO_FILE}'s model_sha256 (damaged or replaced); restore it or retrain"
+        )
     generator = _built_from(lambda: Generator(info["generator_widths"], info["image_size"]), path)
     return generator, info
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def ship_generator(model_dir: Path, out_dir: Path, extra_info: dict[str, Any] | None = None) -> dict:
+    """Copy a trained generator as fp16 safetensors (half the bytes; colorize computes in fp32 or
+    bf16 anyway) with its model.json, for shipping in git; returns the new model.json content."""
+    info = read_model_info(model_dir)
+    generator, _ = load_generator(model_dir)
+    path = Path(out_dir) / GENERATOR_FILE
+    with atomic_path(path) as tmp:
+        tensors = {
+            k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in generator.state_dict().items()
+        }
+        save_file(tensors, str(tmp))
+    info = {k: v for k, v in info.items() if k != "mlflow_run_id"} | (extra_info or {})
+    info |= {"weights_dtype": "float16", "model_sha256": sha256_of(path)}
+    atomic_write_json(Path(out_dir) / MODEL_INFO_FILE, info)
+    return info
 
 
 def load_discriminator(model_dir: Path) -> Discriminator:
@@ -119,6 +153,7 @@ def _built_from(build: Callable[[], M], path: Path) -> M:
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read model weights ({e})") from None
+    return {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}

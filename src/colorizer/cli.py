@@ -136,7 +136,9 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", type=Path, metavar="SRC", help="folder (walked recursively) or .zip/.tar/.tar.gz")
     parser.add_argument("dst", type=Path, metavar="DST", help="output folder; mirrors SRC's relative paths")
     parser.add_argument(
-        "--model", type=Path, default=Path("work/model"), help="trained model folder (default: %(default)s)"
+        "--model",
+        type=Path,
+        help="trained model folder, e.g. work/model (default: the shipped model, see its MODEL_CARD.md)",
     )
     parser.add_argument("--size", type=int, help="model input size (default: the size it was trained at)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default: %(default)s)")
@@ -159,6 +161,7 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_colorize(args: argparse.Namespace, params: Params) -> int:
+    from colorizer.checkpoints import PRETRAINED_DIR
     from colorizer.colorize import ColorizeOptions, colorize
     from colorizer.config import UserError
 
@@ -175,7 +178,7 @@ def _run_colorize(args: argparse.Namespace, params: Params) -> int:
         overwrite=args.overwrite,
         strict=args.strict,
     )
-    summary = colorize(args.src, args.dst, args.model, options)
+    summary = colorize(args.src, args.dst, args.model or PRETRAINED_DIR, options)
     return 1 if args.strict and summary.count("failed") else 0
 
 
@@ -192,6 +195,29 @@ def _run_colorize_test(args: argparse.Namespace, params: Params) -> None:
     from colorizer.showcase import run_colorize_stage
 
     print(json.dumps(run_colorize_stage(params.colorize, args.fetched, args.model, args.out, args.metrics)))
+
+
+@command(
+    "ship", "Make a trained model the shipped default: fp16 weights, model.json and the before/after picture.", False
+)
+def _ship_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=Path("work/model"), help="trained model (default: %(default)s)")
+    parser.add_argument("--fetched", type=Path, default=Path("work/fetch"), help="its fetch output (test photos)")
+    parser.add_argument("--out", type=Path, help="where to write it (default: the package's pretrained/ folder)")
+    parser.set_defaults(run=_run_ship)
+
+
+def _run_ship(args: argparse.Namespace, params: Params) -> None:
+    import tempfile
+
+    from colorizer.checkpoints import PRETRAINED_DIR, ship_generator
+    from colorizer.showcase import before_after
+
+    out = args.out or PRETRAINED_DIR
+    info = ship_generator(args.model, out)
+    with tempfile.TemporaryDirectory() as work:
+        rows = before_after(args.fetched, out, out / "before_after.jpg", Path(work))
+    print(json.dumps({"model_sha256": info["model_sha256"], "before_after_rows": rows}))
 
 
 def build_parser() -> argparse.ArgumentParser:

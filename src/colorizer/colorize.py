@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from colorizer.allocator import keep_freed_memory
-from colorizer.checkpoints import load_generator
+from colorizer.checkpoints import PRETRAINED_DIR, load_generator
 from colorizer.colorize_worker import Job, Outcome, finish, init_worker, init_worker_thread, prepare, warm_up
 from colorizer.config import UserError
 from colorizer.files import atomic_path, is_temp_name, progress
@@ -203,7 +203,9 @@ def predict_in_halves(predict, batch: list[np.ndarray]) -> list[np.ndarray | Exc
 # ---- the run ----------------------------------------------------------------------------------------
 
 
-def colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions) -> Summary:
+def colorize(src: Path, dst: Path, model_dir: Path = PRETRAINED_DIR, options: ColorizeOptions | None = None) -> Summary:
+    """Colorize every photo under SRC (a folder or an archive) into DST; model_dir defaults to the shipped model."""
+    options = options or ColorizeOptions()
     src, dst = Path(src), Path(dst)
     check_paths(src, dst)
     keep_freed_memory()

@@ -1,7 +1,7 @@
 """The evaluate stage: the trained generator against the greyscale baseline (a*b* = 0) on val and test.
 
-Writes DVC metrics (JSON, means per split and method), a per-image CSV, and the same means to the
-training run in MLflow.
+Writes DVC metrics (JSON, means per split and method, over all images and over photographs and
+cut-outs separately), a per-image CSV, and the same means to the training run in MLflow.
 """
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ import torch
 from colorizer import tracking
 from colorizer.checkpoints import load_discriminator, load_generator
 from colorizer.files import atomic_path, atomic_write_json, progress
-from colorizer.metrics import adversarial_bce_per_image, colourfulness, gan_loss, l1_lab_units, l1_per_image, psnr, ssim
+from colorizer.metrics import (
+    adversarial_bce_per_image,
+    colourfulness,
+    gan_loss,
+    hue_agreement,
+    l1_lab_units,
+    l1_per_image,
+    psnr,
+    ssim,
+)
 from colorizer.shards import LabShardDataset
 from colorizer.train import pick_device
 from colorizer.visualize import lab_batch_to_rgb
@@ -49,6 +58,7 @@ def score_batch(generator, discriminator, L: torch.Tensor, ab: torch.Tensor, l1_
                     "colourfulness": cf_pred,
                     "colourfulness_original": cf_true,
                     "colourfulness_gap": abs(cf_pred - cf_true),
+                    "hue_agreement": hue_agreement(pred_rgb[i], true_rgb[i]),
                 }
             )
     return rows
@@ -73,10 +83,12 @@ def evaluate(
             picks = np.arange(start, min(start + batch_size, len(dataset)))
             rows = score_batch(generator, discriminator, *dataset.get_batch(picks), l1_lambda)
             frame = pd.DataFrame(rows)
+            frame.insert(0, "kind", [dataset.kinds[i] for i in picks] * len(METHODS))
             frame.insert(0, "id", [dataset.ids[i] for i in picks] * len(METHODS))
             frame.insert(0, "split", split)
             frames.append(frame)
-    per_image = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["split", "id", "method"])
+    empty = pd.DataFrame(columns=["split", "id", "kind", "method"])
+    per_image = pd.concat(frames, ignore_index=True) if frames else empty
     with atomic_path(per_image_path) as tmp:
         per_image.to_csv(tmp, index=False)
     summary = summarize(per_image)
@@ -88,12 +100,27 @@ def evaluate(
     return summary
 
 
+KINDS = ("photo", "cutout")
+
+
 def summarize(per_image: pd.DataFrame) -> dict:
-    """{split: {method: {metric: mean}, images: n}}: the table `dvc exp show` lines up."""
+    """{split: {images, model: {metric: mean}, baseline: {...}, photo: {images, model, baseline}, cutout: ...}}:
+    the table `dvc exp show` lines up. A mean with no image behind it (hue agreement of an all-grey
+    split) is null, never NaN (not JSON)."""
     summary: dict = {}
-    metric_columns = [c for c in per_image.columns if c not in ("split", "id", "method")]
-    for (split, method), group in per_image.groupby(["split", "method"]):
-        summary.setdefault(split, {"images": int(len(group))})[method] = {
-            column: round(float(group[column].mean()), 6) for column in metric_columns
-        }
+    for split, rows in per_image.groupby("split"):
+        summary[split] = _means(rows)
+        for kind in KINDS:
+            of_kind = rows[rows.kind == kind] if "kind" in rows else rows.iloc[:0]
+            if len(of_kind):
+                summary[split][kind] = _means(of_kind)
     return summary
+
+
+def _means(rows: pd.DataFrame) -> dict:
+    metric_columns = [c for c in rows.columns if c not in ("split", "id", "kind", "method")]
+    result: dict = {"images": int((rows.method == METHODS[0]).sum())}
+    for method, group in rows.groupby("method"):
+        means = group[metric_columns].astype(float).mean()
+        result[method] = {c: (round(float(v), 6) if np.isfinite(v) else None) for c, v in means.items()}
+    return result

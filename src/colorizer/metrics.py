@@ -1,5 +1,6 @@
-"""Evaluation metrics as pure functions: L1 on a*b*, the design document's GAN loss, PSNR, SSIM and
-Hasler-Suesstrunk colourfulness. PSNR/SSIM come from scikit-image; colourfulness has no library home."""
+"""Evaluation metrics as pure functions: L1 on a*b*, the design document's GAN loss, PSNR, SSIM,
+Hasler-Suesstrunk colourfulness and hue agreement. PSNR/SSIM come from scikit-image; colourfulness
+and hue agreement have no library home."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from colorizer.lab import AB_SCALE
+from colorizer.lab import AB_SCALE, rgb_to_lab
 
+# Hue agreement: of the original's colourful pixels (chroma above COLOURFUL_CHROMA), the share whose
+# colorized pixel is coloured too (chroma above COLOURED_CHROMA) with a hue within HUE_TOLERANCE_DEGREES.
+COLOURFUL_CHROMA, COLOURED_CHROMA, HUE_TOLERANCE_DEGREES = 15.0, 5.0, 45.0
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; cap so that means stay finite
 
 
@@ -49,3 +53,20 @@ def colourfulness(rgb: np.ndarray) -> float:
 
 def l1_lab_units(l1_model_scale: float) -> float:
     return l1_model_scale * AB_SCALE
+
+
+def hue_agreement(pred_rgb: np.ndarray, true_rgb: np.ndarray) -> float:
+    """Share of the original's pixels with Lab chroma > 15 whose colorized pixel has chroma > 5 and a
+    hue angle within 45 degrees of the original's: grey output scores 0, a random hue about 0.25.
+    NaN when the original has no colourful pixel (nothing to agree with)."""
+    true_lab, pred_lab = rgb_to_lab(true_rgb), rgb_to_lab(pred_rgb)
+    true_chroma = np.hypot(true_lab[..., 1], true_lab[..., 2])
+    colourful = true_chroma > COLOURFUL_CHROMA
+    if not colourful.any():
+        return float("nan")
+    pred_chroma = np.hypot(pred_lab[..., 1], pred_lab[..., 2])
+    true_hue = np.arctan2(true_lab[..., 2], true_lab[..., 1])
+    pred_hue = np.arctan2(pred_lab[..., 2], pred_lab[..., 1])
+    difference = np.abs(np.angle(np.exp(1j * (pred_hue - true_hue))))  # wrapped to [0, pi]
+    agrees = (pred_chroma > COLOURED_CHROMA) & (difference <= np.deg2rad(HUE_TOLERANCE_DEGREES))
+    return float(agrees[colourful].mean())

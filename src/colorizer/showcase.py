@@ -19,10 +19,13 @@ from colorizer.visualize import tile
 TEST_SPLIT = "test-split"
 
 
-def greyscale_copies(fetched_dir: Path, out_dir: Path) -> dict[str, Path]:
-    """Write the test split as 8-bit greyscale PNGs; returns {file name: original colour photo}."""
+def greyscale_copies(fetched_dir: Path, out_dir: Path, kind: str | None = None) -> dict[str, Path]:
+    """Write the test split (or its photos of one kind) as 8-bit greyscale PNGs; returns
+    {file name: original colour photo}."""
     manifest = pd.read_parquet(fetched_dir / "manifest.parquet")
     test = manifest[(manifest.status == "ok") & (manifest.split == "test")]
+    if kind is not None:
+        test = test[test.kind == kind]
     out_dir.mkdir(parents=True, exist_ok=True)
     originals = {}
     for photo in test.itertuples():
@@ -72,3 +75,20 @@ def run_colorize_stage(
     counts = {status: summary.count(status) for status in ("done", "skipped", "failed")}
     atomic_write_json(metrics_path, counts)
     return counts
+
+
+def before_after(
+    fetched_dir: Path, model_dir: Path, out_path: Path, work_dir: Path, kind: str = "photo", height: int = 160
+) -> int:
+    """The model card's picture: the test split's photos of one kind, greyscale | colorized | original,
+    colorized at full resolution as `colorizer colorize` does; returns how many rows it drew."""
+    originals = greyscale_copies(fetched_dir, work_dir / "input", kind)
+    colorize(work_dir / "input", work_dir / "output", model_dir, ColorizeOptions(overwrite=True))
+    rows = [
+        [read_rgb(work_dir / "input" / name), read_rgb(work_dir / "output" / name), read_rgb(original)]
+        for name, original in sorted(originals.items())
+    ]
+    if rows:
+        sheet = contact_sheet(rows, height)
+        Image.fromarray(sheet).save(out_path, quality=88)  # a JPEG keeps the picture in git small
+    return len(rows)
