@@ -6,6 +6,12 @@ Absolute times on shared machines are noisy; the ratios are what we track.
 
 from __future__ import annotations
 
+from colorizer.runtime import setup_process
+
+# OpenMP's spin setting before torch loads; freed memory is kept only after the naive references ran
+# with the process defaults (see main).
+setup_process(keep_memory=False)
+
 import datetime
 import functools
 import json
@@ -23,13 +29,15 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import matmul_gflops, sync, time_calls
-from colorizer.allocator import keep_freed_memory
 from colorizer.checkpoints import export_model
-from colorizer.colorize import ColorizeOptions, ModelRunner
-from colorizer.config import PIX2PIX_WIDTHS, ModelConfig, TrainConfig, parse_params
+from colorizer.colorize import ModelRunner
+from colorizer.config import PIX2PIX_WIDTHS, ColorizeOptions, ModelConfig, TrainConfig, parse_params
+from colorizer.devices import autocast_dtype, pick_device
 from colorizer.models import Discriminator, Generator
+from colorizer.runtime import keep_freed_memory
 from colorizer.shards import LabShardDataset, write_shards
-from colorizer.train import autocast_dtype, build_gan, make_loader, pick_device, train
+from colorizer.synthetic import synthetic_shards
+from colorizer.train import build_gan, make_loader, train
 
 SIZE, BATCH = 256, 8  # the design document's configuration
 DISCRIMINATOR_WIDTHS = [64, 128, 256, 512]
@@ -152,32 +160,12 @@ def write_jpegs(folder: Path, count: int, width: int = 1024, height: int = 768) 
         Image.fromarray(grey.astype(np.uint8)).save(folder / f"scan_{i:03d}.jpg", quality=90)
 
 
-# One `colorize` call per fresh interpreter, as under the `colorizer` command: nothing is warm but what
-# the interpreter's imports made so (a second call in one process would find OpenCV's tables built).
-# Before it, the same process times the model alone for 1.5 s (as `bench_infer` does, on its own copy):
-# this machine's speed drifts by 10-20% within minutes, so the colorize/inference ratio compares
-# figures taken seconds apart. That also pays torch's one-time set-up (~0.2 s of kernel selection on
-# the first batch) before the clock starts, as the interpreter's imports are.
-COLORIZE_E2E = """
-import json, sys, time
-import numpy as np
-from pathlib import Path
-from bench.common import time_calls
-from colorizer.allocator import keep_freed_memory
-from colorizer.colorize import ColorizeOptions, ModelRunner, colorize
-keep_freed_memory()  # as the `colorizer` command does first
-src, dst, model, device, batch = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-options = ColorizeOptions(device=device, batch_size=batch)
-runner = ModelRunner(model, options)
-L = np.random.default_rng(0).uniform(-1, 1, (batch, 1, 256, 256)).astype(np.float32)
-step = time_calls(lambda: runner.predict(L), runner.device, repeats=1, min_seconds=1.5)
-del runner
-started = time.perf_counter()
-summary = colorize(src, dst, model, options)
-seconds = time.perf_counter() - started
-assert summary.count("done") == len(list(src.iterdir())), "colorize failed on some benchmark images"
-print(json.dumps({"seconds": seconds, "infer_img_s": batch / step}))
-"""
+# One `colorize` call per fresh interpreter (bench/colorize_e2e.py), as under the `colorizer` command:
+# nothing is warm but what the interpreter's imports made so (a second call in one process would find
+# OpenCV's tables built). Before it, the same process times the model alone for 1.5 s (as `bench_infer`
+# does, on its own copy): this machine's speed drifts by 10-20% within minutes, so the colorize/inference
+# ratio compares figures taken seconds apart. That also pays torch's one-time set-up (~0.2 s of kernel
+# selection on the first batch) before the clock starts, as the interpreter's imports are.
 
 
 def bench_colorize(root: Path, model_dir: Path, device: torch.device) -> dict:
@@ -190,7 +178,14 @@ def bench_colorize(root: Path, model_dir: Path, device: torch.device) -> dict:
     write_jpegs(root / "scans64", 64)
     runs: dict[str, list[dict]] = {"scans8": [], "scans64": []}
     for run, name in enumerate(["scans64", "scans8"] * 3 + ["scans64"] * 2):
-        command = [sys.executable, "-c", COLORIZE_E2E, str(root / name), str(root / f"out{run}"), str(model_dir)]
+        command = [
+            sys.executable,
+            "-m",
+            "bench.colorize_e2e",
+            str(root / name),
+            str(root / f"out{run}"),
+            str(model_dir),
+        ]
         done = subprocess.run([*command, device.type, str(BATCH)], capture_output=True, text=True, check=True)
         runs[name].append(json.loads(done.stdout.splitlines()[-1]))
         speed = int(name[5:]) / runs[name][-1]["seconds"]
@@ -209,9 +204,7 @@ def bench_colorize(root: Path, model_dir: Path, device: torch.device) -> dict:
 
 def quality_check(root: Path, device: torch.device) -> dict:
     """The fast path must not cost quality: same data, seed and steps in fp32 and by default."""
-    from tests.conftest import write_tiny_shards
-
-    shards = write_tiny_shards(root / "quality", size=64, counts=(("train", 96), ("val", 16), ("test", 0)))
+    shards = synthetic_shards(root / "quality", size=64, counts=(("train", 96), ("val", 16), ("test", 0)))
     results = {}
     os.environ["DVC_ROOT"] = str(root / "quality")  # a throwaway MLflow store
     for precision in ("fp32", "auto"):
@@ -232,26 +225,12 @@ def quality_check(root: Path, device: torch.device) -> dict:
     }
 
 
-PEAK_TRAIN = """
-import resource, torch
-from colorizer.allocator import keep_freed_memory
-from colorizer.config import ModelConfig, TrainConfig
-from colorizer.train import build_gan, pick_device
-keep_freed_memory()  # as train() does
-gan = build_gan(ModelConfig(), TrainConfig(), 256, pick_device('auto'))
-L, ab = torch.zeros(8, 1, 256, 256), torch.zeros(8, 2, 256, 256)
-for _ in range(2):
-    gan.train_step(gan.to_device(L), gan.to_device(ab))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-"""
-
-
 def peak_memory(root: Path, model_dir: Path) -> dict:
     """Max RSS (MiB) of training at the 256 preset, and of colorizing one 6000x4000 photo."""
     train_kib = int(
-        subprocess.run([sys.executable, "-c", PEAK_TRAIN], capture_output=True, text=True, check=True).stdout.split()[
-            -1
-        ]
+        subprocess.run(
+            [sys.executable, "-m", "bench.peak_train"], capture_output=True, text=True, check=True
+        ).stdout.split()[-1]
     )
     write_jpegs(root / "huge", 1, 6000, 4000)
     measure = (
@@ -319,7 +298,7 @@ def main() -> None:
             model_dir,
             Generator(PIX2PIX_WIDTHS, SIZE).eval(),
             Discriminator(DISCRIMINATOR_WIDTHS),
-            {"mlflow_run_id": None},
+            {},
         )
         print("loader, inference, colorize ...", file=sys.stderr)
         figures |= bench_loader(root, device)

@@ -1,8 +1,21 @@
-"""DVC stage `augment`: the same as `colorizer augment` (see colorizer.cli); paths come from dvc.yaml."""
+"""DVC stage `augment`: fetched photos -> fixed-size training variants and val/test crops."""
 
 import sys
+from pathlib import Path
 
-from colorizer.cli import main
+from colorizer.runtime import stage_main
+
+
+def augment(fetched: Path, out: Path) -> None:
+    """Write one RGB pack per split (colorizer.augment.augment)."""
+    import json
+
+    from colorizer import augment as augmenting  # imported after stage_main's process setup
+    from colorizer.config import load_params
+
+    params = load_params()
+    print(json.dumps(augmenting.augment(params.augment, params.seed, fetched, out)))
+
 
 if __name__ == "__main__":
-    sys.exit(main(["augment", *sys.argv[1:]]))
+    sys.exit(stage_main(augment))

@@ -1,8 +1,21 @@
-"""DVC stage `evaluate`: the same as `colorizer train` (see colorizer.cli); paths come from dvc.yaml."""
+"""DVC stage `evaluate`: the trained generator against the greyscale baseline on val and test."""
 
 import sys
+from pathlib import Path
 
-from colorizer.cli import main
+from colorizer.runtime import stage_main
+
+
+def evaluate(model: Path, shards: Path, metrics: Path, per_image: Path) -> None:
+    """Score every val/test image, model and grey baseline (colorizer.evaluate.evaluate)."""
+    import json
+
+    from colorizer import evaluate as evaluation  # imported after stage_main's process setup: torch loads here
+    from colorizer.config import load_params
+
+    params = load_params()
+    print(json.dumps(evaluation.evaluate(params.evaluate, params.train, model, shards, metrics, per_image)))
+
 
 if __name__ == "__main__":
-    sys.exit(main(["evaluate", *sys.argv[1:]]))
+    sys.exit(stage_main(evaluate))

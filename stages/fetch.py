@@ -1,8 +1,20 @@
-"""DVC stage `fetch`: the same as `colorizer fetch` (see colorizer.cli); paths come from dvc.yaml."""
+"""DVC stage `fetch`: photos from params' sources -> accepted sRGB images, a manifest and a summary."""
 
 import sys
+from pathlib import Path
 
-from colorizer.cli import main
+from colorizer.runtime import stage_main
+
+
+def fetch(data: Path, corpus: Path, out: Path, cache: Path, summary: Path) -> None:
+    """Gather, decode and judge every candidate photo (colorizer.fetch.fetch)."""
+    import json
+
+    from colorizer import fetch as fetching  # imported after stage_main's process setup
+    from colorizer.config import load_params
+
+    print(json.dumps(fetching.fetch(load_params().fetch, data, out, cache, summary, corpus_dir=corpus)))
+
 
 if __name__ == "__main__":
-    sys.exit(main(["fetch", *sys.argv[1:]]))
+    sys.exit(stage_main(fetch))

@@ -1,8 +1,20 @@
-"""DVC stage `train`: the same as `colorizer train` (see colorizer.cli); paths come from dvc.yaml."""
+"""DVC stage `train`: the GAN on the Lab shards; resumes from its checkpoint; exports the generator."""
 
 import sys
+from pathlib import Path
 
-from colorizer.cli import main
+from colorizer.runtime import stage_main
+
+
+def train(shards: Path, model: Path, state: Path, plots: Path, metrics: Path) -> None:
+    """Train (or resume) and export the generator (colorizer.train.train)."""
+    import json
+
+    from colorizer import train as training  # imported after stage_main's process setup: torch loads here
+    from colorizer.config import load_params
+
+    print(json.dumps(training.train(load_params(), shards, model, state, plots, metrics)))
+
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(stage_main(train))

@@ -17,8 +17,8 @@ from PIL import Image, ImageCms
 
 from colorizer.checkpoints import export_model
 from colorizer.cli import main
-from colorizer.colorize import REPORT_NAME, ColorizeOptions, colorize, predict_in_halves
-from colorizer.config import UserError
+from colorizer.colorize import REPORT_NAME, colorize, predict_in_halves
+from colorizer.config import ColorizeOptions, UserError
 from colorizer.lab import rgb_to_lab
 from colorizer.models import Discriminator, Generator
 from tests.conftest import colourful, encode
@@ -29,7 +29,7 @@ def model_dir(tmp_path_factory):
     """A real exported model (random weights: these tests are about the plumbing, not the colours)."""
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("model")
-    export_model(out, Generator([8, 16, 16, 16, 16], 32).eval(), Discriminator([8, 16]), {"mlflow_run_id": None})
+    export_model(out, Generator([8, 16, 16, 16, 16], 32).eval(), Discriminator([8, 16]), {})
     return out
 
 
@@ -39,7 +39,7 @@ def grey(width, height, seed=0):
 
 def run(src, dst, model_dir, **options):
     options.setdefault("workers", 1)
-    return colorize(src, dst, model_dir, ColorizeOptions(**options))
+    return colorize(src, dst, model_dir, ColorizeOptions.from_flags(**options))
 
 
 def report(dst):
@@ -292,7 +292,7 @@ def test_every_kind_of_worker_writes_the_same_files(tmp_path, model_dir):
 
 def test_an_unknown_worker_kind_is_refused_by_name(tmp_path, model_dir):
     (tmp_path / "src").mkdir()
-    with pytest.raises(UserError, match="worker kind 'fibres'"):
+    with pytest.raises(UserError, match="--worker-kind: .*'fibres'"):
         run(tmp_path / "src", tmp_path / "dst", model_dir, worker_kind="fibres")
 
 
@@ -320,3 +320,28 @@ def test_grey_scans_are_decoded_once_and_handed_on_compactly(tmp_path):
 
     assert prepare(job("colour.jpg", "c.jpg"), 32, 10**8)[2] is None  # colour: decoded reduced, again later
     assert prepare(job("huge.jpg", "d.jpg"), 32, 10**8)[2] is None  # too big to keep in flight
+
+
+def test_without_model_the_shipped_model_colorizes_and_is_checked(tmp_path, monkeypatch):
+    """`colorizer colorize SRC DST` with no --model: the shipped model, named by sha256 in each output."""
+    import json
+    import shutil
+
+    from colorizer.checkpoints import GENERATOR_FILE, MODEL_INFO_FILE, PRETRAINED_DIR
+
+    shipped = json.loads((PRETRAINED_DIR / MODEL_INFO_FILE).read_text())
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(grey(160, 120)).save(src / "scan.jpg", quality=95)
+    assert main(["colorize", str(src), str(tmp_path / "dst"), "--workers", "1"]) == 0
+    with Image.open(tmp_path / "dst" / "scan.jpg") as out:
+        assert shipped["model_sha256"] in out.getexif()[0x010E]
+        assert np.abs(rgb_to_lab(np.asarray(out.convert("RGB")))[..., 1:]).mean() > 1.0  # coloured
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(PRETRAINED_DIR, damaged)
+    data = bytearray((damaged / GENERATOR_FILE).read_bytes())
+    data[len(data) // 2] ^= 0x40
+    (damaged / GENERATOR_FILE).write_bytes(bytes(data))
+    assert main(["colorize", str(src), str(tmp_path / "dst2"), "--model", str(damaged)]) == 2
+    assert not (tmp_path / "dst2" / "scan.jpg").exists()

@@ -7,10 +7,10 @@ from concurrent.futures.process import BrokenProcessPool
 import numpy as np
 import pytest
 
-from colorizer.allocator import keep_freed_memory
 from colorizer.colorize_worker import full_L
 from colorizer.images import decode
 from colorizer.parallel import RestartingPool, process_pool, thread_pool
+from colorizer.runtime import keep_freed_memory
 from tests.conftest import colourful, encode
 
 INITIALISED = "not yet"
@@ -70,7 +70,7 @@ def test_a_pool_without_start_now_is_ready_at_once_and_starts_workers_on_demand(
 FAULTS_PER_REUSE = """
 import resource, sys
 import numpy as np
-from colorizer.allocator import keep_freed_memory
+from colorizer.runtime import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 np.ones(16_000_000, np.float32)  # 64 MB (a batch's activations), freed at once

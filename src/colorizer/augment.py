@@ -9,20 +9,22 @@ whatever the collection size.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
-import albumentations as A
+# albumentations checks PyPI for a newer release when imported; this pipeline runs offline.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 
-from colorizer.config import AugmentConfig
+from colorizer.config import SPLITS, AugmentConfig
 from colorizer.files import atomic_path, progress
 from colorizer.images import read_rgb
 from colorizer.lab import lab_to_rgb_uint8, rgb_to_lab
-
-SPLITS = ("train", "val", "test")
 
 
 def train_transform(cfg: AugmentConfig, seed: int) -> A.Compose:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from colorizer.allocator import keep_freed_memory
+from colorizer.runtime import run_entry, setup_process
 
 if TYPE_CHECKING:  # imported where used: worker processes import this module (spawn re-imports __main__)
     from colorizer.config import Params
@@ -117,22 +117,15 @@ def _evaluate_args(parser: argparse.ArgumentParser) -> None:
 def _run_evaluate(args: argparse.Namespace, params: Params) -> None:
     from colorizer.evaluate import evaluate
 
-    summary = evaluate(
-        args.model,
-        args.shards,
-        args.metrics,
-        args.per_image,
-        params.evaluate.batch_size,
-        params.train.l1_lambda,
-        params.evaluate.device,
-    )
+    summary = evaluate(params.evaluate, params.train, args.model, args.shards, args.metrics, args.per_image)
     print(json.dumps(summary))
 
 
 @command("colorize", "Colorize a folder or archive of photos into DST at full resolution.", needs_params=False)
 def _colorize_args(parser: argparse.ArgumentParser) -> None:
-    from colorizer.images import FORMAT_SUFFIXES
+    from colorizer.config import ColorizeOptions
 
+    default = ColorizeOptions()
     parser.add_argument("src", type=Path, metavar="SRC", help="folder (walked recursively) or .zip/.tar/.tar.gz")
     parser.add_argument("dst", type=Path, metavar="DST", help="output folder; mirrors SRC's relative paths")
     parser.add_argument(
@@ -141,20 +134,21 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
         help="trained model folder, e.g. work/model (default: the shipped model, see its MODEL_CARD.md)",
     )
     parser.add_argument("--size", type=int, help="model input size (default: the size it was trained at)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images per model call (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=int, default=default.batch_size, help="images per model call (%(default)s)"
+    )
     parser.add_argument("--workers", type=int, help="decoders/encoders (default: cores - 1, at least 2; 0: none)")
     parser.add_argument(
         "--worker-kind",
-        choices=["auto", "threads", "processes"],
-        default="auto",
-        help="auto: threads beside a model on the CPU, processes beside a GPU; processes isolate a crashing "
-        "decoder (default: %(default)s)",
+        default=default.worker_kind,
+        help="auto, threads or processes. auto: threads beside a model on the CPU, processes beside a GPU; "
+        "processes isolate a crashing decoder (default: %(default)s)",
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--device", default=default.device, help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument(
-        "--format", type=str.upper, choices=sorted(FORMAT_SUFFIXES), help="output format (default: the input's)"
+        "--format", type=str.upper, help="output format: JPEG, PNG, TIFF, WEBP, BMP or GIF (default: the input's)"
     )
-    parser.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default: %(default)s)")
+    parser.add_argument("--quality", type=int, default=default.quality, help="JPEG/WebP quality (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any input failed")
     parser.set_defaults(run=_run_colorize)
@@ -162,39 +156,28 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
 
 def _run_colorize(args: argparse.Namespace, params: Params) -> int:
     from colorizer.checkpoints import PRETRAINED_DIR
-    from colorizer.colorize import ColorizeOptions, colorize
-    from colorizer.config import UserError
+    from colorizer.colorize import colorize
+    from colorizer.config import ColorizeOptions
 
-    if args.batch_size < 1 or (args.workers is not None and args.workers < 0) or not 1 <= args.quality <= 100:
-        raise UserError("--batch-size must be >= 1, --workers >= 0 and --quality within 1..100")
-    options = ColorizeOptions(
-        size=args.size,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        worker_kind=args.worker_kind,
-        device=args.device,
-        format=args.format,
-        quality=args.quality,
-        overwrite=args.overwrite,
-        strict=args.strict,
-    )
+    flags = ("size", "batch_size", "workers", "worker_kind", "device", "format", "quality", "overwrite", "strict")
+    options = ColorizeOptions.from_flags(**{flag: getattr(args, flag) for flag in flags})
     summary = colorize(args.src, args.dst, args.model or PRETRAINED_DIR, options)
     return 1 if args.strict and summary.count("failed") else 0
 
 
-@command("colorize-test", "The DVC `colorize` stage: colorize params' colorize.input and draw a contact sheet.")
-def _colorize_test_args(parser: argparse.ArgumentParser) -> None:
+@command("showcase", "The DVC `showcase` stage: colorize params' showcase.input and draw a contact sheet.")
+def _showcase_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fetched", type=Path, default=Path("work/fetch"))
     parser.add_argument("--model", type=Path, default=Path("work/model"))
-    parser.add_argument("--out", type=Path, default=Path("work/colorize"))
-    parser.add_argument("--metrics", type=Path, default=Path("metrics/colorize.json"))
-    parser.set_defaults(run=_run_colorize_test)
+    parser.add_argument("--out", type=Path, default=Path("work/showcase"))
+    parser.add_argument("--metrics", type=Path, default=Path("metrics/showcase.json"))
+    parser.set_defaults(run=_run_showcase)
 
 
-def _run_colorize_test(args: argparse.Namespace, params: Params) -> None:
-    from colorizer.showcase import run_colorize_stage
+def _run_showcase(args: argparse.Namespace, params: Params) -> None:
+    from colorizer.showcase import showcase
 
-    print(json.dumps(run_colorize_stage(params.colorize, args.fetched, args.model, args.out, args.metrics)))
+    print(json.dumps(showcase(params.showcase, args.fetched, args.model, args.out, args.metrics)))
 
 
 @command(
@@ -232,20 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from colorizer.config import Params, UserError, load_params
-
+    setup_process()  # before any command imports torch
     args = build_parser().parse_args(argv)
-    keep_freed_memory()  # every command, before its first large allocation
-    try:
+
+    def work() -> int | None:
+        from colorizer.config import Params, load_params
+
         params = load_params(args.params) if getattr(args, "params", None) else Params()
-        return args.run(args, params) or 0
-    except (UserError, FileNotFoundError) as e:
-        print(f"colorizer {args.command}: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"colorizer {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return args.run(args, params)
+
+    return run_entry(args.command, work)
 
 
 if __name__ == "__main__":

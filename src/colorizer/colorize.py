@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import typing
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
@@ -23,20 +24,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from colorizer.allocator import keep_freed_memory
 from colorizer.checkpoints import PRETRAINED_DIR, load_generator
 from colorizer.colorize_worker import Job, Outcome, finish, init_worker, init_worker_thread, prepare, warm_up
-from colorizer.config import UserError
+from colorizer.config import ColorizeOptions, UserError
+from colorizer.devices import autocast, autocast_dtype, pick_device
 from colorizer.files import atomic_path, is_temp_name, progress
 from colorizer.images import FORMAT_SUFFIXES, SUFFIX_FORMATS, DecodedImage
 from colorizer.lab import denormalize_ab
 from colorizer.parallel import RestartingPool, process_pool, thread_pool
 from colorizer.sources import ARCHIVE_SUFFIXES, ArchiveLimits, Rejected, archive_candidates
-from colorizer.train import autocast_dtype, pick_device
 
 REPORT_NAME = "colorize_report.csv"
 REPORT_COLUMNS = ["path", "status", "reason", "width", "height", "seconds"]
-DEFAULT_MAX_PIXELS = 250_000_000
 # Workers run at the lowest priority. Where torch has a thread on every core, a worker that preempts
 # one of them stalls every parallel op of the model; at nice 19 the workers run mostly in the model's
 # serial moments and while it waits for them, then on all cores. (Not SCHED_IDLE: that would starve
@@ -46,25 +45,10 @@ WORKER_NICE = 19
 # this size: a huge scan's full-size planes (~40 bytes a pixel) go to a worker, which gives that memory
 # back afterwards (this process keeps what it frees: see allocator).
 INLINE_MAX_PIXELS = 4_000_000
-WORKER_KINDS = ("auto", "threads", "processes")
+WORKER_KINDS = typing.get_args(ColorizeOptions.model_fields["worker_kind"].annotation)
 ARCHIVE_LIMITS = ArchiveLimits(
     max_members=1_000_000, max_member_bytes=1_000_000_000, max_total_bytes=1_000_000_000_000, max_ratio=200.0
 )
-
-
-@dataclass(frozen=True)
-class ColorizeOptions:
-    size: int | None = None
-    batch_size: int = 8
-    workers: int | None = None  # None: default_workers()
-    worker_kind: str = "auto"  # see start_workers
-    device: str = "auto"
-    format: str | None = None
-    quality: int = 95
-    overwrite: bool = False
-    strict: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    precision: str = "auto"
 
 
 @dataclass
@@ -172,7 +156,7 @@ class ModelRunner:
         multiple = 2 ** len(generator.down)
         if self.size % multiple:
             raise UserError(f"--size {self.size}: must be a multiple of {multiple} for this model")
-        self.device = pick_device(options.device)
+        self.device = pick_device(options.device, "--device")
         self.generator = generator.to(self.device, memory_format=torch.channels_last)
         self.amp_dtype = autocast_dtype(options.precision, self.device)
         self.description = f"colorized by colorizer; model sha256 {info['model_sha256']}"
@@ -180,9 +164,7 @@ class ModelRunner:
     @torch.inference_mode()
     def predict(self, L_batch: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(L_batch).to(self.device).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-        ):
+        with autocast(self.device, self.amp_dtype):
             ab = self.generator(x)
         return denormalize_ab(ab.float().cpu().numpy())
 
@@ -208,9 +190,8 @@ def colorize(src: Path, dst: Path, model_dir: Path = PRETRAINED_DIR, options: Co
     options = options or ColorizeOptions()
     src, dst = Path(src), Path(dst)
     check_paths(src, dst)
-    keep_freed_memory()
     workers = options.workers if options.workers is not None else default_workers()
-    pool = start_workers(workers, options.worker_kind, pick_device(options.device))  # before the model loads
+    pool = start_workers(workers, options.worker_kind, pick_device(options.device, "--device"))  # before the model
     try:
         return _colorize(src, dst, model_dir, options, pool, workers)
     finally:

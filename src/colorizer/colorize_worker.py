@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from colorizer.allocator import keep_freed_memory
 from colorizer.images import DecodedImage, RejectedImage, decode, save_colorized
 from colorizer.lab import L_from_grey, L_from_rgb, lab_planes_to_rgb, normalize_L, to_uint8
+from colorizer.runtime import keep_freed_memory
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,13 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SPLITS = ("train", "val", "test")
+# The image formats read (fetch) and written (colorize --format); Pillow opens MPO through JPEG.
+FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF")
+ImageFormat = Literal["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF"]
+Precision = Literal["auto", "fp32", "bf16"]
+
+
 class SplitConfig(Section):
     val: float = Field(0.15, ge=0.0, lt=1.0)
     test: float = Field(0.15, ge=0.0, lt=1.0)
@@ -55,9 +62,7 @@ class FetchConfig(Section):
     sources: list[Literal["samples", "data", "corpus"]] = Field(
         default_factory=lambda: ["samples", "data"], min_length=1
     )
-    formats: list[Literal["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF"]] = Field(
-        default_factory=lambda: ["JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF"], min_length=1
-    )
+    formats: list[ImageFormat] = Field(default_factory=lambda: list(FORMATS), min_length=1)
     min_side: int = Field(64, gt=0)
     max_pixels: int = Field(100_000_000, gt=0)
     min_chroma: float = Field(3.0, ge=0.0)
@@ -120,7 +125,7 @@ class TrainConfig(Section):
     betas: tuple[float, float] = (0.5, 0.999)
     l1_lambda: float = Field(100.0, ge=0.0)
     l1_warmup_epochs: int = Field(0, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     channels_last: bool = True
     device: str = "auto"
     threads: int = Field(0, ge=0)  # 0: torch's default (one per core)
@@ -130,15 +135,40 @@ class TrainConfig(Section):
 
 class EvaluateConfig(Section):
     batch_size: int = Field(32, gt=0)
+    device: str = "auto"  # the generator runs with train.precision, as in training's validation
+
+
+class ColorizeOptions(Section):
+    """How `colorizer colorize` runs: its command-line flags, and the showcase stage's `colorize:`."""
+
+    size: int | None = Field(None, gt=0)  # model input size; None: the size it was trained at
+    batch_size: int = Field(8, gt=0)  # images per model call
+    workers: int | None = Field(None, ge=0)  # decoders/encoders; None: cores - 1, at least 2; 0: none
+    worker_kind: Literal["auto", "threads", "processes"] = "auto"  # auto: threads beside a CPU model
     device: str = "auto"
+    format: ImageFormat | None = None  # output format; None: the input's
+    quality: int = Field(95, ge=1, le=100)  # JPEG/WebP
+    overwrite: bool = False
+    strict: bool = False  # exit 1 if any input failed
+    max_pixels: int = Field(250_000_000, gt=0)  # decompression-bomb cap for one scan
+    precision: Precision = "auto"
+
+    @classmethod
+    def from_flags(cls, **values: Any) -> ColorizeOptions:
+        """Validated options whose error names the command-line flag, e.g. `--quality: ...`."""
+        try:
+            return cls(**values)
+        except ValidationError as e:
+            first = e.errors()[0]
+            flag = "--" + str(first["loc"][0]).replace("_", "-")
+            raise UserError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from None
 
 
-class ColorizeConfig(Section):
-    input: str = "test-split"  # or a folder/archive of greyscale scans
-    batch_size: int = Field(8, gt=0)
-    workers: int | None = Field(None, ge=0)  # None: cores - 1, at least 2
+class ShowcaseConfig(Section):
+    input: str = "test-split"  # greyscale copies of the test split, or a folder/archive of your scans
     thumbnail_height: int = Field(160, ge=16)
     contact_sheet_rows: int = Field(12, gt=0)
+    colorize: ColorizeOptions = ColorizeOptions()
 
 
 class Params(Section):
@@ -149,7 +179,7 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
-    colorize: ColorizeConfig = ColorizeConfig()
+    showcase: ShowcaseConfig = ShowcaseConfig()
 
 
 def parse_params(raw: dict[str, Any], source: str = "params.yaml") -> Params:

@@ -14,19 +14,12 @@ import torch
 
 from colorizer import tracking
 from colorizer.checkpoints import load_discriminator, load_generator
+from colorizer.config import EvaluateConfig, TrainConfig
+from colorizer.devices import autocast, autocast_dtype, pick_device
 from colorizer.files import atomic_path, atomic_write_json, progress
-from colorizer.metrics import (
-    adversarial_bce_per_image,
-    colourfulness,
-    gan_loss,
-    hue_agreement,
-    l1_lab_units,
-    l1_per_image,
-    psnr,
-    ssim,
-)
+from colorizer.losses import g_losses, generator_loss
+from colorizer.metrics import colourfulness, hue_agreement, l1_lab_units, psnr, ssim
 from colorizer.shards import LabShardDataset
-from colorizer.train import pick_device
 from colorizer.visualize import lab_batch_to_rgb
 
 METHODS = ("model", "baseline")
@@ -34,16 +27,21 @@ SPLITS = ("val", "test")
 
 
 @torch.no_grad()
-def score_batch(generator, discriminator, L: torch.Tensor, ab: torch.Tensor, l1_lambda: float) -> list[dict]:
+def score_batch(
+    generator, discriminator, L: torch.Tensor, ab: torch.Tensor, l1_lambda: float, amp_dtype: torch.dtype | None = None
+) -> list[dict]:
     """Per-image metrics for the model and the greyscale baseline on one batch (CPU tensors)."""
     device = next(generator.parameters()).device
     true_rgb = lab_batch_to_rgb(L, ab)
-    predictions = {"model": generator(L.to(device)).float().cpu(), "baseline": torch.zeros_like(ab)}
+    L_on_device = L.to(device)
+    with autocast(device, amp_dtype):
+        model_ab = generator(L_on_device).float().cpu()
     rows = []
-    for method, pred in predictions.items():
-        l1 = l1_per_image(pred, ab)
-        bce = adversarial_bce_per_image(discriminator(torch.cat([L, pred], dim=1).to(device)).cpu())
-        total = gan_loss(bce, l1, l1_lambda)
+    for method, pred in {"model": model_ab, "baseline": torch.zeros_like(ab)}.items():
+        with autocast(device, amp_dtype):
+            logits = discriminator(torch.cat([L_on_device, pred.to(device)], dim=1)).float().cpu()
+        losses = g_losses(logits, pred, ab, per_image=True)
+        l1, total = losses["g_l1"], generator_loss(losses, l1_lambda)
         pred_rgb = lab_batch_to_rgb(L, pred)
         for i in range(len(L)):
             cf_pred, cf_true = colourfulness(pred_rgb[i]), colourfulness(true_rgb[i])
@@ -65,15 +63,18 @@ def score_batch(generator, discriminator, L: torch.Tensor, ab: torch.Tensor, l1_
 
 
 def evaluate(
+    cfg: EvaluateConfig,
+    train_cfg: TrainConfig,
     model_dir: Path,
     shard_dir: Path,
     metrics_path: Path,
     per_image_path: Path,
-    batch_size: int,
-    l1_lambda: float,
-    device_name: str = "auto",
 ) -> dict:
-    device = pick_device(device_name)
+    """Score the model and the grey baseline on every val/test image, with training's precision and
+    L1 weight (so that "val L1" means here what it means in training); returns the summary."""
+    device = pick_device(cfg.device, "evaluate.device")
+    batch_size, l1_lambda = cfg.batch_size, train_cfg.l1_lambda
+    amp_dtype = autocast_dtype(train_cfg.precision, device)
     generator, info = load_generator(model_dir)
     generator, discriminator = generator.to(device), load_discriminator(model_dir).to(device)
     frames = []
@@ -81,7 +82,7 @@ def evaluate(
         dataset = LabShardDataset(shard_dir, split)
         for start in progress(range(0, len(dataset), batch_size), desc=f"evaluate {split}", unit="batch"):
             picks = np.arange(start, min(start + batch_size, len(dataset)))
-            rows = score_batch(generator, discriminator, *dataset.get_batch(picks), l1_lambda)
+            rows = score_batch(generator, discriminator, *dataset.get_batch(picks), l1_lambda, amp_dtype)
             frame = pd.DataFrame(rows)
             frame.insert(0, "kind", [dataset.kinds[i] for i in picks] * len(METHODS))
             frame.insert(0, "id", [dataset.ids[i] for i in picks] * len(METHODS))
@@ -93,10 +94,11 @@ def evaluate(
         per_image.to_csv(tmp, index=False)
     summary = summarize(per_image)
     atomic_write_json(metrics_path, summary)
-    if info.get("mlflow_run_id") and tracking.run_exists(info["mlflow_run_id"]):
-        flat = {f"eval_{k.replace('.', '_')}": v for k, v in tracking.flatten(summary).items() if k != "model_sha256"}
-        tracking.log_metrics({k: v for k, v in flat.items() if isinstance(v, float)}, run_id=info["mlflow_run_id"])
-        tracking.log_artifact(per_image_path, "evaluation", run_id=info["mlflow_run_id"])
+    run_id = tracking.run_of_model(info["model_sha256"])
+    if run_id:
+        flat = {f"eval_{k.replace('.', '_')}": v for k, v in tracking.flatten(summary).items()}
+        tracking.log_metrics({k: v for k, v in flat.items() if isinstance(v, float)}, run_id=run_id)
+        tracking.log_artifact(per_image_path, "evaluation", run_id=run_id)
     return summary
 
 

@@ -17,11 +17,12 @@ import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
+from colorizer.config import FORMATS
 from colorizer.files import atomic_path, atomic_write_bytes
 from colorizer.lab import mean_chroma
 
 # Formats we open; everything else is "not an image" even if some Pillow plugin could read it.
-DEFAULT_FORMATS = ("JPEG", "PNG", "TIFF", "WEBP", "BMP", "GIF")
+DEFAULT_FORMATS = FORMATS
 _SRGB_PROFILE = ImageCms.createProfile("sRGB")
 
 

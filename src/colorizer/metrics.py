@@ -1,12 +1,10 @@
-"""Evaluation metrics as pure functions: L1 on a*b*, the design document's GAN loss, PSNR, SSIM,
-Hasler-Suesstrunk colourfulness and hue agreement. PSNR/SSIM come from scikit-image; colourfulness
+"""Evaluation metrics on RGB images as pure functions: PSNR, SSIM, Hasler-Suesstrunk colourfulness and
+hue agreement (the losses are in losses.py). PSNR/SSIM come from scikit-image; colourfulness
 and hue agreement have no library home."""
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from colorizer.lab import AB_SCALE, rgb_to_lab
@@ -15,24 +13,6 @@ from colorizer.lab import AB_SCALE, rgb_to_lab
 # colorized pixel is coloured too (chroma above COLOURED_CHROMA) with a hue within HUE_TOLERANCE_DEGREES.
 COLOURFUL_CHROMA, COLOURED_CHROMA, HUE_TOLERANCE_DEGREES = 15.0, 5.0, 45.0
 PSNR_CAP_DB = 100.0  # identical images have infinite PSNR; cap so that means stay finite
-
-
-def l1_per_image(pred_ab: torch.Tensor, true_ab: torch.Tensor) -> torch.Tensor:
-    """Mean |a*b* error| per image, in the model's scale ([-1, 1]); multiply by AB_SCALE for Lab units."""
-    return (pred_ab.float() - true_ab.float()).abs().flatten(1).mean(dim=1)
-
-
-def adversarial_bce_per_image(fake_logits: torch.Tensor) -> torch.Tensor:
-    """The discriminator's BCE against 'real' on a colorization, averaged over its patches."""
-    loss = F.binary_cross_entropy_with_logits(
-        fake_logits.float(), torch.ones_like(fake_logits.float()), reduction="none"
-    )
-    return loss.flatten(1).mean(dim=1)
-
-
-def gan_loss(adversarial_bce: torch.Tensor, l1: torch.Tensor, l1_lambda: float = 100.0) -> torch.Tensor:
-    """The design document's GAN loss: the discriminator's BCE plus 100 times L1 (model scale)."""
-    return adversarial_bce + l1_lambda * l1
 
 
 def psnr(pred_rgb: np.ndarray, true_rgb: np.ndarray) -> float:

@@ -17,7 +17,7 @@ import torch
 from numpy.lib.format import open_memmap
 from torch.utils.data import Dataset
 
-from colorizer.augment import SPLITS
+from colorizer.config import SPLITS
 from colorizer.files import atomic_path, atomic_write_json, progress
 from colorizer.lab import normalize_ab, normalize_L, rgb_to_lab
 

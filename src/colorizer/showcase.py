@@ -1,5 +1,6 @@
-"""The `colorize` DVC stage: run bulk colorization on a small input (by default greyscale copies of
-the test split) and lay out a contact sheet, greyscale | colorized | original, for a quick look."""
+"""The `showcase` DVC stage: run bulk colorization on a small input (by default greyscale copies of
+the test split) and lay out a contact sheet, greyscale | colorized | original, for a quick look.
+Also the shipped model's before/after picture."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from colorizer.colorize import ColorizeOptions, colorize
-from colorizer.config import ColorizeConfig
+from colorizer.colorize import colorize
+from colorizer.config import ColorizeOptions, ShowcaseConfig
 from colorizer.files import atomic_write_json
 from colorizer.images import read_rgb, save_png
 from colorizer.visualize import tile
@@ -50,9 +51,9 @@ def contact_sheet(rows: list[list[np.ndarray]], height: int) -> np.ndarray:
     return tile(padded, gap=4)
 
 
-def run_colorize_stage(
-    cfg: ColorizeConfig, fetched_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path
-) -> dict:
+def showcase(cfg: ShowcaseConfig, fetched_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
+    """Colorize cfg.input (the test split in grey by default) into out_dir/output, draw
+    out_dir/contact_sheet.png and write the done/skipped/failed counts to metrics_path."""
     originals: dict[str, Path] = {}
     if cfg.input == TEST_SPLIT:
         source = out_dir / "input"
@@ -60,8 +61,7 @@ def run_colorize_stage(
     else:
         source = Path(cfg.input)
     outputs = out_dir / "output"
-    options = ColorizeOptions(batch_size=cfg.batch_size, workers=cfg.workers, overwrite=True)
-    summary = colorize(source, outputs, model_dir, options)
+    summary = colorize(source, outputs, model_dir, cfg.colorize.model_copy(update={"overwrite": True}))
     rows = []
     for relative, outcome in sorted(summary.rows.values(), key=lambda row: row[0])[: cfg.contact_sheet_rows]:
         if outcome.status != "done":

@@ -2,7 +2,9 @@
 
 The default store is `sqlite:///<repo>/mlflow.db`; `<repo>` is DVC_ROOT when DVC runs the stage
 (for `dvc exp run --temp/--queue` that is the parent repository, not the temporary copy), so every
-experiment lands in the one store. MLFLOW_TRACKING_URI overrides it (a real server, say).
+experiment lands in the one store. MLFLOW_TRACKING_URI overrides it (a real server, say), and
+MLFLOW_EXPERIMENT_NAME the experiment (default `colorizer`). A run is found again by its model's
+sha256 (a tag), so nothing run-specific has to live in the DVC-tracked model.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ import numpy as np
 
 from colorizer.files import atomic_write_bytes
 
-EXPERIMENT_NAME = "colorizer"
+DEFAULT_EXPERIMENT_NAME = "colorizer"
+MODEL_SHA256_TAG = "model_sha256"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT_NAME
 
 
 def repo_root() -> Path:
@@ -50,14 +57,6 @@ def tracking_uri() -> str:
     return default_tracking_uri()
 
 
-def git_commit(cwd: Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in params.items():
@@ -78,21 +77,40 @@ def _mlflow():
     mlflow.set_tracking_uri(uri)
     if is_default:
         _default_uri_we_set = uri
-    if mlflow.get_experiment_by_name(EXPERIMENT_NAME) is None:
+    name = experiment_name()
+    if mlflow.get_experiment_by_name(name) is None:
         # With the default SQLite store, artifacts go beside it in the repo (not in the working
         # directory, which for `dvc exp run --temp` is a copy that is deleted afterwards).
         local = (repo_root() / "mlartifacts").as_uri() if is_default else None
-        mlflow.create_experiment(EXPERIMENT_NAME, artifact_location=local)
-    mlflow.set_experiment(EXPERIMENT_NAME)
+        mlflow.create_experiment(name, artifact_location=local)
+    mlflow.set_experiment(name)
     return mlflow
 
 
 def run_tags() -> dict[str, str]:
-    tags = {"git_commit": git_commit() or "unknown"}
+    """DVC's experiment name and baseline; MLflow records the git commit itself (mlflow.source.git.commit)."""
+    tags = {}
     for env_name, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(env_name):
             tags[tag] = os.environ[env_name]
     return tags
+
+
+def run_of_model(model_sha256: str) -> str | None:
+    """The id of the newest training run that exported this model, or None."""
+    mlflow = _mlflow()
+    runs = mlflow.search_runs(
+        experiment_names=[experiment_name()],
+        filter_string=f"tags.{MODEL_SHA256_TAG} = '{model_sha256}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    _mlflow().set_tags(tags)
 
 
 def run_exists(run_id: str | None) -> bool:
@@ -142,6 +160,14 @@ def log_artifact(path: Path, artifact_path: str | None = None, run_id: str | Non
         mlflow.log_artifact(str(path), artifact_path)
     else:
         mlflow.tracking.MlflowClient().log_artifact(run_id, str(path), artifact_path)
+
+
+def log_image(path: Path, key: str, step: int) -> None:
+    """An image per step (sample grids): the MLflow UI shows them with a step slider."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        _mlflow().log_image(image.convert("RGB"), key=key, step=step)
 
 
 def log_generator(generator, image_size: int) -> str:

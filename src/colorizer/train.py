@@ -1,8 +1,6 @@
-"""The GAN training loop: d_step and g_step as the design document defines them, checkpoints, resume.
-
-Discriminator: BCE(D(L, ab) -> 1) + BCE(D(L, G(L)) -> 0). Generator: BCE(D(L, G(L)) -> 1) + lambda * L1.
-A checkpoint is written atomically after every epoch; a re-run with the same params and data
-continues from it (and continues the same MLflow run) instead of starting over.
+"""The GAN training loop: d_step and g_step with the design document's losses (see losses.py),
+checkpoints and resume. A checkpoint is written atomically after every epoch; a re-run with the same
+params and data continues from it (and continues the same MLflow run) instead of starting over.
 """
 
 from __future__ import annotations
@@ -12,53 +10,25 @@ import json
 import signal
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from colorizer import models, tracking
-from colorizer.allocator import keep_freed_memory
 from colorizer.checkpoints import export_model, load_checkpoint, load_into, save_checkpoint
 from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig
+from colorizer.devices import autocast, autocast_dtype, pick_device
 from colorizer.files import atomic_write_json, progress
 from colorizer.images import save_png
+from colorizer.losses import d_losses, g_losses, generator_loss
 from colorizer.models import Discriminator, Generator, build_discriminator, build_generator
 from colorizer.shards import LabShardDataset, read_index
 from colorizer.visualize import sample_grid
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"params.yaml: train.device: unknown device {name!r} (use auto, cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("params.yaml: train.device: cuda asked for but no GPU is visible")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware does it natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs), else fp32."""
-    if precision == "fp32":
-        return None
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    if precision == "bf16" and not native:
-        # On an AVX2-only CPU bf16 takes fallback kernels: the generator 15x, a large matmul 100x slower.
-        warnings.warn(
-            f"precision bf16 on a {device.type} without native bf16 runs many times slower than fp32 "
-            "(use precision: auto)",
-            stacklevel=2,
-        )
-    return torch.bfloat16 if precision == "bf16" or native else None
 
 
 @dataclass
@@ -73,9 +43,7 @@ class Gan:
     channels_last: bool = False
 
     def autocast(self):
-        return torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-        )
+        return autocast(self.device, self.amp_dtype)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.device, non_blocking=True)
@@ -91,27 +59,24 @@ class Gan:
         with self.autocast():
             real_logits = self.judge(L, ab)
             fake_logits = self.judge(L, fake_ab.detach())
-        d_real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-        d_fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-        (d_real + d_fake).backward()
+        losses = d_losses(real_logits, fake_logits)
+        (losses["d_real"] + losses["d_fake"]).backward()
         self.opt_d.step()
-        return {"d_real": d_real.detach(), "d_fake": d_fake.detach()}
+        return {key: value.detach() for key, value in losses.items()}
 
     def g_step(
         self, L: torch.Tensor, ab: torch.Tensor, fake_ab: torch.Tensor, adversarial: bool
     ) -> dict[str, torch.Tensor]:
         self.discriminator.requires_grad_(False)  # G's loss must not update D
         self.opt_g.zero_grad(set_to_none=True)
-        g_l1 = F.l1_loss(fake_ab.float(), ab)
+        fake_logits = None
         if adversarial:
             with self.autocast():
                 fake_logits = self.judge(L, fake_ab)
-            g_gan = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-        else:
-            g_gan = torch.zeros((), device=self.device)
-        (g_gan + self.l1_lambda * g_l1).backward()
+        losses = g_losses(fake_logits, fake_ab, ab)
+        generator_loss(losses, self.l1_lambda).backward()
         self.opt_g.step()
-        return {"g_gan": g_gan.detach(), "g_l1": g_l1.detach()}
+        return {key: value.detach() for key, value in losses.items()}
 
     def train_step(self, L: torch.Tensor, ab: torch.Tensor, adversarial: bool = True) -> dict[str, torch.Tensor]:
         with self.autocast():
@@ -124,12 +89,7 @@ class Gan:
         with self.autocast():
             fake_ab = self.generator(L)
             real_logits, fake_logits = self.judge(L, ab), self.judge(L, fake_ab)
-        return {
-            "g_gan": F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits)),
-            "g_l1": F.l1_loss(fake_ab.float(), ab),
-            "d_real": F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits)),
-            "d_fake": F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)),
-        }
+        return g_losses(fake_logits, fake_ab, ab) | d_losses(real_logits, fake_logits)
 
 
 def build_gan(model_cfg: ModelConfig, cfg: TrainConfig, image_size: int, device: torch.device) -> Gan:
@@ -255,9 +215,9 @@ def restore(gan: Gan, state: dict, loader_rng: torch.Generator, path: Path) -> N
         torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
 
 
-def snapshot(gan: Gan, epoch: int, loader_rng: torch.Generator, history: list, run_id: str, print_: str) -> dict:
+def snapshot(gan: Gan, epoch: int, loader_rng: torch.Generator, history: list, run_id: str, fingerprint: str) -> dict:
     return {
-        "fingerprint": print_,
+        "fingerprint": fingerprint,
         "epoch": epoch,
         "history": history,
         "mlflow_run_id": run_id,
@@ -285,11 +245,10 @@ def train(
     log_model: bool = True,
 ) -> dict:
     """Train (or resume) and export the generator; returns the last epoch's losses."""
-    keep_freed_memory()
     cfg = params.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, "train.device")
     train_set, val_set = LabShardDataset(shard_dir, "train"), LabShardDataset(shard_dir, "val")
     if len(train_set) < cfg.batch_size:
         raise ConfigError(
@@ -302,8 +261,8 @@ def train(
     torch.manual_seed(params.seed)
     gan = build_gan(params.model, cfg, train_set.image_size, device)
     loader_rng = torch.Generator().manual_seed(params.seed)
-    checkpoint_path, print_ = state_dir / CHECKPOINT_NAME, fingerprint(params, shard_dir)
-    state = resumable_state(checkpoint_path, print_, cfg.epochs)
+    checkpoint_path, run_fingerprint = state_dir / CHECKPOINT_NAME, fingerprint(params, shard_dir)
+    state = resumable_state(checkpoint_path, run_fingerprint, cfg.epochs)
     history: list[dict] = []
     if state:
         restore(gan, state, loader_rng, checkpoint_path)
@@ -321,25 +280,20 @@ def train(
                 "epoch": epoch,
                 **{f"train_{k}": v for k, v in sorted(train_losses.items())},
                 **{f"val_{k}": v for k, v in sorted(val_losses.items())},
-                "train_images_per_second": images / seconds,
             }
-            history.append(row)
+            history.append(row)  # what DVC tracks: losses only, the same on every run
             grid = state_dir / "samples" / f"epoch_{epoch:03d}.png"
             write_samples(gan, val_set, cfg.sample_count, params.seed + epoch, grid)
-            tracking.log_metrics({k: v for k, v in row.items() if k != "epoch" and np.isfinite(v)}, step=epoch)
-            tracking.log_artifact(grid, "samples")
+            speed = {"train_images_per_second": images / seconds}  # run-specific: MLflow and the console only
+            tracking.log_metrics({k: v for k, v in (row | speed).items() if k != "epoch" and np.isfinite(v)}, epoch)
+            tracking.log_image(grid, "samples", epoch)
             tracking.write_plot_rows(plots_path, history)
-            save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_id, print_))
-            print(
-                f"epoch {epoch}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"), file=sys.stderr
-            )
+            save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_id, run_fingerprint))
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in (row | speed).items() if k != "epoch")
+            print(f"epoch {epoch}: {shown}", file=sys.stderr)
         tracking.write_plot_rows(plots_path, history)
-        info = export_model(
-            model_dir,
-            gan.generator,
-            gan.discriminator,
-            {"mlflow_run_id": run_id, "epochs": cfg.epochs, "seed": params.seed},
-        )
+        info = export_model(model_dir, gan.generator, gan.discriminator, {"epochs": cfg.epochs, "seed": params.seed})
+        tracking.set_tags({tracking.MODEL_SHA256_TAG: info["model_sha256"]})  # how evaluate finds this run
         if log_model:
             tracking.log_generator(gan.generator, train_set.image_size)
     final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}

@@ -1,0 +1,40 @@
+"""One `colorize` call in a fresh interpreter, as under the `colorizer` command (run by `make bench`):
+first the model alone for 1.5 s on its own copy, then colorize end to end; prints one JSON line.
+
+usage: python -m bench.colorize_e2e SRC DST MODEL DEVICE BATCH
+"""
+
+from colorizer.runtime import setup_process
+
+setup_process()  # as the `colorizer` command does, before torch loads
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import time_calls
+from colorizer.colorize import ModelRunner, colorize
+from colorizer.config import ColorizeOptions
+
+
+def inference_seconds(runner: ModelRunner, batch: int) -> float:
+    L = np.random.default_rng(0).uniform(-1, 1, (batch, 1, 256, 256)).astype(np.float32)
+    return time_calls(lambda: runner.predict(L), runner.device, repeats=1, min_seconds=1.5)
+
+
+def main(src: Path, dst: Path, model: Path, device: str, batch: int) -> dict:
+    options = ColorizeOptions(device=device, batch_size=batch)
+    step = inference_seconds(ModelRunner(model, options), batch)  # its copy of the model is freed on return
+    started = time.perf_counter()
+    summary = colorize(src, dst, model, options)
+    seconds = time.perf_counter() - started
+    assert summary.count("done") == len(list(src.iterdir())), "colorize failed on some benchmark images"
+    return {"seconds": seconds, "infer_img_s": batch / step}
+
+
+if __name__ == "__main__":
+    src, dst, model, device, batch = sys.argv[1:6]
+    print(json.dumps(main(Path(src), Path(dst), Path(model), device, int(batch))))
