@@ -13,6 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from colorizer import tracking
 from colorizer import train as train_module
 from colorizer.checkpoints import CheckpointError, load_checkpoint, load_generator, save_checkpoint
 from colorizer.config import ConfigError, parse_params
@@ -38,6 +39,11 @@ def run_train(params, shards, root):
     )
 
 
+def run_of(state: dict) -> str:
+    """The MLflow run of a checkpoint: found by its training fingerprint, as a resume finds it."""
+    return tracking.newest_run_tagged(tracking.FINGERPRINT_TAG, state["fingerprint"])
+
+
 def test_train_writes_model_plots_samples_and_mlflow_run(tiny_shards, tmp_path, mlflow_store):
     final = run_train(tiny_params(), tiny_shards, tmp_path)
     assert final["epoch"] == 2 and np.isfinite(final["val_g_l1"])
@@ -52,7 +58,9 @@ def test_train_writes_model_plots_samples_and_mlflow_run(tiny_shards, tmp_path, 
 
     assert "mlflow_run_id" not in info  # nothing run-specific in the DVC-tracked model
     client = MlflowClient(mlflow_store)
-    run = client.get_run(load_checkpoint(tmp_path / "state" / CHECKPOINT_NAME)["mlflow_run_id"])
+    state = load_checkpoint(tmp_path / "state" / CHECKPOINT_NAME)
+    assert "mlflow_run_id" not in state  # the checkpoint is the same bytes on every run
+    run = client.get_run(run_of(state))
     assert run.info.status == "FINISHED" and run.data.tags["model_sha256"] == info["model_sha256"]
     assert run.data.params["train.lr"] == "0.0002" and run.data.params["model.width_multiplier"] == "1.0"
     assert "train_images_per_second" not in final and "train_images_per_second" not in plots
@@ -77,7 +85,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shards, tmp_path, mlflow_
     resumed_run = next(
         r
         for r in runs
-        if r.info.run_id != load_checkpoint(tmp_path / "straight" / "state" / CHECKPOINT_NAME)["mlflow_run_id"]
+        if r.info.start_time == max(other.info.start_time for other in runs)
     )
     assert [m.step for m in client.get_metric_history(resumed_run.info.run_id, "train_g_l1")] == [1, 2, 3]
 
@@ -155,15 +163,15 @@ def test_sigterm_marks_killed_and_a_rerun_resumes(tiny_shards, tmp_path, mlflow_
     assert process.returncode == 130, stderr
     state = load_checkpoint(checkpoint)  # whole, despite the kill
     client = MlflowClient(mlflow_store)
-    assert client.get_run(state["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(run_of(state)).info.status == "KILLED"
 
     params["train"]["epochs"] = state["epoch"] + 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     rerun = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming from state/{CHECKPOINT_NAME} after epoch {state['epoch']}" in rerun.stderr
-    run = client.get_run(state["mlflow_run_id"])
-    assert run.info.status == "FINISHED"
+    run = client.get_run(run_of(state))
+    assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
     assert len(pd.read_csv(tmp_path / "plots.csv")) == state["epoch"] + 1
 
 

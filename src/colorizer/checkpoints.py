@@ -35,8 +35,10 @@ class CheckpointError(UserError, RuntimeError):
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    """Atomically. Saved through a file object: given a path, torch names the archive inside after the
+    file, and the temp file's random name would make the same state different bytes."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -128,7 +130,7 @@ def ship_generator(model_dir: Path, out_dir: Path, extra_info: dict[str, Any] | 
             k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in generator.state_dict().items()
         }
         save_file(tensors, str(tmp))
-    info = {k: v for k, v in info.items() if k != "mlflow_run_id"} | (extra_info or {})
+    info = info | (extra_info or {})
     info |= {"weights_dtype": "float16", "model_sha256": sha256_of(path)}
     atomic_write_json(Path(out_dir) / MODEL_INFO_FILE, info)
     return info

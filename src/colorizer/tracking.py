@@ -25,6 +25,7 @@ from colorizer.files import atomic_write_bytes
 
 DEFAULT_EXPERIMENT_NAME = "colorizer"
 MODEL_SHA256_TAG = "model_sha256"
+FINGERPRINT_TAG = "train_fingerprint"
 
 
 def experiment_name() -> str:
@@ -96,12 +97,12 @@ def run_tags() -> dict[str, str]:
     return tags
 
 
-def run_of_model(model_sha256: str) -> str | None:
-    """The id of the newest training run that exported this model, or None."""
+def newest_run_tagged(tag: str, value: str) -> str | None:
+    """The id of the newest run of the experiment with tag = value, or None."""
     mlflow = _mlflow()
     runs = mlflow.search_runs(
         experiment_names=[experiment_name()],
-        filter_string=f"tags.{MODEL_SHA256_TAG} = '{model_sha256}'",
+        filter_string=f"tags.{tag} = '{value}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
         output_format="list",
@@ -109,31 +110,26 @@ def run_of_model(model_sha256: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def run_of_model(model_sha256: str) -> str | None:
+    """The training run that exported this model (evaluate logs its scores there), or None."""
+    return newest_run_tagged(MODEL_SHA256_TAG, model_sha256)
+
+
 def set_tags(tags: dict[str, str]) -> None:
     _mlflow().set_tags(tags)
 
 
-def run_exists(run_id: str | None) -> bool:
-    if not run_id:
-        return False
-    mlflow = _mlflow()
-    try:
-        mlflow.tracking.MlflowClient().get_run(run_id)
-        return True
-    except mlflow.exceptions.MlflowException:
-        return False
-
-
 @contextmanager
-def training_run(params: dict[str, Any], resume_run_id: str | None) -> Iterator[str]:
-    """Start (or continue) the MLflow run; it ends FINISHED, FAILED on an error, KILLED on Ctrl-C/SIGTERM."""
+def training_run(params: dict[str, Any], fingerprint: str, resume: bool) -> Iterator[str]:
+    """Start the MLflow run, or continue the one a resumed checkpoint belongs to (found by its training
+    fingerprint); it ends FINISHED, FAILED on an error, KILLED on Ctrl-C/SIGTERM."""
     mlflow = _mlflow()
-    resume = resume_run_id if run_exists(resume_run_id) else None
-    run = mlflow.start_run(run_id=resume, run_name=os.environ.get("DVC_EXP_NAME"))
+    resume_id = newest_run_tagged(FINGERPRINT_TAG, fingerprint) if resume else None
+    run = mlflow.start_run(run_id=resume_id, run_name=os.environ.get("DVC_EXP_NAME"))
     try:
-        if resume is None:
+        if resume_id is None:
             mlflow.log_params(flatten(params))
-        mlflow.set_tags(run_tags())
+        mlflow.set_tags(run_tags() | {FINGERPRINT_TAG: fingerprint})
         yield run.info.run_id
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")

@@ -215,12 +215,13 @@ def restore(gan: Gan, state: dict, loader_rng: torch.Generator, path: Path) -> N
         torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
 
 
-def snapshot(gan: Gan, epoch: int, loader_rng: torch.Generator, history: list, run_id: str, fingerprint: str) -> dict:
+def snapshot(gan: Gan, epoch: int, loader_rng: torch.Generator, history: list, fingerprint: str) -> dict:
+    """Everything a resume needs, and nothing run-specific (the MLflow run is found by the fingerprint),
+    so the same training writes the same checkpoint bytes."""
     return {
         "fingerprint": fingerprint,
         "epoch": epoch,
         "history": history,
-        "mlflow_run_id": run_id,
         "generator": gan.generator.state_dict(),
         "discriminator": gan.discriminator.state_dict(),
         "opt_g": gan.opt_g.state_dict(),
@@ -270,7 +271,7 @@ def train(
     loader = make_loader(train_set, cfg.batch_size, cfg.loader_workers, loader_rng, pin_memory=device.type == "cuda")
 
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    with tracking.training_run(params.model_dump(), state["mlflow_run_id"] if state else None) as run_id:
+    with tracking.training_run(params.model_dump(), run_fingerprint, resume=state is not None):
         for epoch in range(len(history) + 1, cfg.epochs + 1):
             started = time.perf_counter()
             train_losses, images = run_epoch(gan, loader, epoch > cfg.l1_warmup_epochs, f"epoch {epoch}/{cfg.epochs}")
@@ -288,7 +289,7 @@ def train(
             tracking.log_metrics({k: v for k, v in (row | speed).items() if k != "epoch" and np.isfinite(v)}, epoch)
             tracking.log_image(grid, "samples", epoch)
             tracking.write_plot_rows(plots_path, history)
-            save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_id, run_fingerprint))
+            save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_fingerprint))
             shown = ", ".join(f"{k}={v:.4g}" for k, v in (row | speed).items() if k != "epoch")
             print(f"epoch {epoch}: {shown}", file=sys.stderr)
         tracking.write_plot_rows(plots_path, history)
