@@ -1,4 +1,5 @@
 import io
+import json
 import os
 import pickle
 import signal
@@ -345,3 +346,67 @@ def test_without_model_the_shipped_model_colorizes_and_is_checked(tmp_path, monk
     (damaged / GENERATOR_FILE).write_bytes(bytes(data))
     assert main(["colorize", str(src), str(tmp_path / "dst2"), "--model", str(damaged)]) == 2
     assert not (tmp_path / "dst2" / "scan.jpg").exists()
+
+
+def test_src_and_dst_must_not_overlap(tmp_path, model_dir):
+    (tmp_path / "scans" / "inner").mkdir(parents=True)
+    Image.fromarray(grey(40, 30)).save(tmp_path / "scans" / "a.png")
+    for src, dst in [
+        (tmp_path / "scans", tmp_path / "scans"),
+        (tmp_path / "scans" / "inner", tmp_path / "scans"),  # SRC inside DST
+        (tmp_path / "scans", tmp_path / "scans" / "out"),  # DST inside SRC: the next run reads outputs
+    ]:
+        with pytest.raises(UserError, match="overlap"):
+            run(src, dst, model_dir)
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[4]), int(sys.argv[4])))
+from colorizer.cli import main
+sys.exit(main(["colorize", sys.argv[1], sys.argv[2], "--model", sys.argv[3], "--workers", "1"]))
+"""
+
+
+def test_a_write_that_fails_midway_leaves_no_partial_file_and_the_rerun_finishes(tmp_path, model_dir):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i, side in enumerate((48, 64, 600)):  # the large one's JPEG is over the file-size limit below
+        Image.fromarray(colourful(side, side, seed=i)).save(src / f"p{i}.jpg", quality=95)
+    limited = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(src), str(dst), str(model_dir), "40000"], capture_output=True, text=True
+    )
+    assert limited.returncode == 0, limited.stderr
+    rows = report(dst)
+    assert rows.loc["p2.jpg", "status"] == "failed" and rows.loc["p2.jpg", "reason"].startswith("write failed")
+    assert not (dst / "p2.jpg").exists() and not [p for p in dst.iterdir() if p.name.startswith(".")]
+    assert (rows.loc[["p0.jpg", "p1.jpg"], "status"] == "done").all()
+    run(src, dst, model_dir)  # room again: only the failed photo is redone
+    rows = report(dst)
+    assert rows.loc["p2.jpg", "status"] == "done" and (rows.loc[["p0.jpg", "p1.jpg"], "status"] == "skipped").all()
+    with Image.open(dst / "p2.jpg") as out:
+        out.load()  # decodes whole: not truncated
+        assert out.size == (600, 600)
+
+
+def test_a_model_with_nan_weights_is_refused(tmp_path, model_dir):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from colorizer.checkpoints import GENERATOR_FILE, MODEL_INFO_FILE, sha256_of
+
+    broken = tmp_path / "model"
+    shutil.copytree(model_dir, broken)
+    tensors = load_file(str(broken / GENERATOR_FILE))
+    tensors["head.weight"][:] = float("nan")  # what a diverged training exports
+    save_file(tensors, str(broken / GENERATOR_FILE))
+    info = json.loads((broken / MODEL_INFO_FILE).read_text())
+    (broken / MODEL_INFO_FILE).write_text(json.dumps(info | {"model_sha256": sha256_of(broken / GENERATOR_FILE)}))
+    (tmp_path / "src").mkdir()
+    Image.fromarray(grey(40, 30)).save(tmp_path / "src" / "a.png")
+    with pytest.raises(UserError, match="NaN or inf"):
+        run(tmp_path / "src", tmp_path / "dst", broken)
+    assert not (tmp_path / "dst" / "a.png").exists()

@@ -82,11 +82,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shards, tmp_path, mlflow_
     client = MlflowClient(mlflow_store)
     runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
     assert len(runs) == 2  # the resumed training continued its own run
-    resumed_run = next(
-        r
-        for r in runs
-        if r.info.start_time == max(other.info.start_time for other in runs)
-    )
+    resumed_run = next(r for r in runs if r.info.start_time == max(other.info.start_time for other in runs))
     assert [m.step for m in client.get_metric_history(resumed_run.info.run_id, "train_g_l1")] == [1, 2, 3]
 
 
@@ -193,3 +189,17 @@ def test_precision_choice():
     assert set(losses) == {"d_real", "d_fake", "g_gan", "g_l1"}
     warmup = gan.train_step(torch.zeros(4, 1, 32, 32), torch.zeros(4, 2, 32, 32), adversarial=False)
     assert set(warmup) == {"g_gan", "g_l1"} and float(warmup["g_gan"]) == 0.0
+
+
+def test_nan_in_the_shards_stops_training_with_one_clear_error(tmp_path, mlflow_store):
+    from colorizer.config import UserError
+    from colorizer.synthetic import synthetic_shards
+
+    shards = synthetic_shards(tmp_path / "data")
+    shard = np.load(shards / "train-00000.npy", mmap_mode="r+")
+    shard[0, 1] = np.nan  # one image's a* plane
+    shard.flush()
+    del shard
+    with pytest.raises(UserError, match="not finite"):
+        run_train(tiny_params(epochs=1), shards, tmp_path)
+    assert not (tmp_path / "state" / CHECKPOINT_NAME).exists() and not (tmp_path / "model").exists()

@@ -148,8 +148,11 @@ def _built_from(build: Callable[[], M], path: Path) -> M:
     with torch.device("meta"):
         module = build()
     load_into(module, _load_safetensors(path), path, assign=True)
-    if any(t.is_meta for t in itertools.chain(module.parameters(), module.buffers())):
+    tensors = list(itertools.chain(module.parameters(), module.buffers()))
+    if any(t.is_meta for t in tensors):
         raise CheckpointError(f"{path}: does not hold every tensor of the model; delete it to start over")
+    if any(t.is_floating_point() and not torch.isfinite(t).all() for t in tensors):
+        raise CheckpointError(f"{path}: weights hold NaN or inf (a diverged training?); retrain it")
     return module.eval()
 
 

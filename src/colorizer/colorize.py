@@ -28,7 +28,7 @@ from colorizer.checkpoints import PRETRAINED_DIR, load_generator
 from colorizer.colorize_worker import Job, Outcome, finish, init_worker, init_worker_thread, prepare, warm_up
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.devices import autocast, autocast_dtype, pick_device
-from colorizer.files import atomic_path, is_temp_name, progress
+from colorizer.files import atomic_path, atomic_write_bytes, is_temp_name, progress
 from colorizer.images import FORMAT_SUFFIXES, SUFFIX_FORMATS, DecodedImage
 from colorizer.lab import denormalize_ab
 from colorizer.parallel import RestartingPool, process_pool, thread_pool
@@ -123,6 +123,10 @@ def enumerate_inputs(src: Path, dst: Path, fmt_option: str | None) -> Iterator[t
 def check_paths(src: Path, dst: Path) -> None:
     if not src.exists():
         raise UserError(f"{src}: no such folder or archive")
+    src_real, dst_real = src.resolve(), dst.resolve()
+    if src.is_dir() and (src_real.is_relative_to(dst_real) or dst_real.is_relative_to(src_real)):
+        # SRC inside DST would read back outputs as inputs; DST inside SRC, the next run would.
+        raise UserError(f"SRC {src} and DST {dst} overlap: choose a DST outside SRC (and SRC outside DST)")
     if src.is_file() and not src.name.lower().endswith(ARCHIVE_SUFFIXES):
         raise UserError(f"{src}: SRC must be a folder or a .zip/.tar/.tar.gz archive")
     try:
@@ -360,5 +364,10 @@ def write_report(path: Path, summary: Summary) -> None:
     report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     for column in ("width", "height"):
         report[column] = report[column].astype("Int64")
-    with atomic_path(path) as tmp:
-        report.to_csv(tmp, index=False)
+    try:
+        atomic_write_bytes(path, report.to_csv(index=False).encode("utf-8", "surrogateescape"))
+    except OSError as e:
+        raise UserError(
+            f"{path}: could not write the report ({e.strerror or e}); every output written is complete: "
+            "make room and rerun to finish"
+        ) from None

@@ -43,8 +43,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """All of `data` written (a full disk raises OSError from write or close) before the rename.
+    No fsync: the rename protects against a killed process, which is what a resumed run must survive;
+    syncing every photo would cost colorize a few ms each for power-loss safety only."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

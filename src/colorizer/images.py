@@ -18,7 +18,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from PIL.PngImagePlugin import PngInfo
 
 from colorizer.config import FORMATS
-from colorizer.files import atomic_path, atomic_write_bytes
+from colorizer.files import atomic_write_bytes
 from colorizer.lab import mean_chroma
 
 # Formats we open; everything else is "not an image" even if some Pillow plugin could read it.
@@ -277,5 +277,8 @@ def save_colorized(path: Path, rgb: np.ndarray, fmt: str, quality: int, source: 
         image, options = image.convert("RGB").quantize(256), {}
     elif fmt == "BMP":
         options = {}
-    with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt, **options)
+    # Encoded in memory, then written whole: Pillow's JPEG writer takes a short write on a full disk
+    # for success, and the truncated file would be renamed into place and later skipped as done.
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    atomic_write_bytes(path, buffer.getvalue())

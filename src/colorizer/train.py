@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from colorizer import models, tracking
 from colorizer.checkpoints import export_model, load_checkpoint, load_into, save_checkpoint
-from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig
+from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig, UserError
 from colorizer.devices import autocast, autocast_dtype, pick_device
 from colorizer.files import atomic_write_json, progress
 from colorizer.images import save_png
@@ -148,7 +148,14 @@ def run_epoch(gan: Gan, loader: DataLoader, adversarial: bool, desc: str) -> tup
         images += len(L)
     steps = max(len(loader), 1)
     means = {key: float(value) / steps for key, value in sums.items()}  # one sync per epoch
-    means.setdefault("d_real", float("nan"))
+    broken = {key: value for key, value in means.items() if not np.isfinite(value)}
+    if broken:  # NaN/inf data, or a learning rate that diverged: stop before a checkpoint keeps it
+        raise UserError(
+            f"{desc}: loss {', '.join(f'{k}={v}' for k, v in broken.items())} is not finite "
+            "(NaN or inf in the shards, or training diverged: check the data or lower train.lr); "
+            "the last good epoch's checkpoint is kept"
+        )
+    means.setdefault("d_real", float("nan"))  # the L1 warm-up trains no discriminator
     means.setdefault("d_fake", float("nan"))
     return means, images
 
