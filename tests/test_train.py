@@ -203,3 +203,13 @@ def test_nan_in_the_shards_stops_training_with_one_clear_error(tmp_path, mlflow_
     with pytest.raises(UserError, match="not finite"):
         run_train(tiny_params(epochs=1), shards, tmp_path)
     assert not (tmp_path / "state" / CHECKPOINT_NAME).exists() and not (tmp_path / "model").exists()
+
+
+def test_lr_schedule_is_constant_then_decays_linearly_like_pix2pix():
+    from colorizer.config import TrainConfig
+    from colorizer.train import lr_at
+
+    constant = TrainConfig(epochs=4, lr=1.0)
+    assert [lr_at(e, constant) for e in range(1, 5)] == [1.0] * 4
+    decaying = TrainConfig(epochs=6, lr=1.0, lr_decay_epochs=3)
+    assert [lr_at(e, decaying) for e in range(1, 7)] == pytest.approx([1.0, 1.0, 1.0, 0.75, 0.5, 0.25])

@@ -125,6 +125,7 @@ class TrainConfig(Section):
     betas: tuple[float, float] = (0.5, 0.999)
     l1_lambda: float = Field(100.0, ge=0.0)
     l1_warmup_epochs: int = Field(0, ge=0)
+    lr_decay_epochs: int = Field(0, ge=0)  # the last N epochs decay lr linearly towards 0 (pix2pix)
     precision: Precision = "auto"
     channels_last: bool = True
     device: str = "auto"

@@ -111,6 +111,15 @@ def build_gan(model_cfg: ModelConfig, cfg: TrainConfig, image_size: int, device:
     )
 
 
+def lr_at(epoch: int, cfg: TrainConfig) -> float:
+    """pix2pix's schedule: train.lr, then over the last lr_decay_epochs a linear decay (the last epoch
+    trains at lr / (lr_decay_epochs + 1)). A function of the epoch alone, so a resume needs no state."""
+    decay_from = cfg.epochs - cfg.lr_decay_epochs
+    if cfg.lr_decay_epochs == 0 or epoch <= decay_from:
+        return cfg.lr
+    return cfg.lr * (1.0 - (epoch - decay_from) / (cfg.lr_decay_epochs + 1))
+
+
 def _already_batched(batch):
     return batch  # LabShardDataset.__getitems__ returns whole (L, ab) batches
 
@@ -280,6 +289,8 @@ def train(
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     with tracking.training_run(params.model_dump(), run_fingerprint, resume=state is not None):
         for epoch in range(len(history) + 1, cfg.epochs + 1):
+            for group in (*gan.opt_g.param_groups, *gan.opt_d.param_groups):
+                group["lr"] = lr_at(epoch, cfg)
             started = time.perf_counter()
             train_losses, images = run_epoch(gan, loader, epoch > cfg.l1_warmup_epochs, f"epoch {epoch}/{cfg.epochs}")
             seconds = time.perf_counter() - started
