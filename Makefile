@@ -43,6 +43,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src stages tests bench
+	$(BIN)/ruff format --check src stages tests bench
 
 clean:
 	rm -rf work metrics plots mlflow.db

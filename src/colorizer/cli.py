@@ -204,7 +204,10 @@ def _run_ship(args: argparse.Namespace, params: Params) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from colorizer import __version__
+
     parser = argparse.ArgumentParser(prog="colorizer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"colorizer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, needs_params) in COMMANDS.items():
         child = sub.add_parser(name, help=help_text, description=help_text)
