@@ -410,3 +410,15 @@ def test_a_model_with_nan_weights_is_refused(tmp_path, model_dir):
     with pytest.raises(UserError, match="NaN or inf"):
         run(tmp_path / "src", tmp_path / "dst", broken)
     assert not (tmp_path / "dst" / "a.png").exists()
+
+
+def test_a_single_photo_is_a_valid_src(tmp_path, model_dir):
+    Image.fromarray(grey(40, 30)).save(tmp_path / "scan.png")
+    run(tmp_path / "scan.png", tmp_path / "out", model_dir)
+    assert report(tmp_path / "out").loc["scan.png", "status"] == "done"
+    assert Image.open(tmp_path / "out" / "scan.png").size == (40, 30)
+    (tmp_path / "notes.txt").write_text("not a photo")
+    with pytest.raises(UserError, match="image file"):
+        run(tmp_path / "notes.txt", tmp_path / "out2", model_dir)
+    with pytest.raises(UserError, match="overlap"):  # its output would be the photo itself
+        run(tmp_path / "scan.png", tmp_path, model_dir, overwrite=True)

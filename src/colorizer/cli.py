@@ -126,7 +126,9 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
     from colorizer.config import ColorizeOptions
 
     default = ColorizeOptions()
-    parser.add_argument("src", type=Path, metavar="SRC", help="folder (walked recursively) or .zip/.tar/.tar.gz")
+    parser.add_argument(
+        "src", type=Path, metavar="SRC", help="folder (walked recursively), .zip/.tar/.tar.gz archive or one image"
+    )
     parser.add_argument("dst", type=Path, metavar="DST", help="output folder; mirrors SRC's relative paths")
     parser.add_argument(
         "--model",

@@ -94,6 +94,11 @@ def output_target(dst: Path, relative: str, fmt_option: str | None) -> tuple[Pat
 def enumerate_inputs(src: Path, dst: Path, fmt_option: str | None) -> Iterator[tuple[str, Job | Outcome]]:
     """(relative path, job or already-failed row) for every image-named file in SRC, in sorted order.
     Jobs are numbered later, by `colorize`, together with the failed rows."""
+    if src.is_file() and not src.name.lower().endswith(ARCHIVE_SUFFIXES):  # one photo: DST/<its name>
+        placed = output_target(dst, src.name, fmt_option)
+        if placed:
+            yield src.name, Job(0, src.name, str(placed[0]), placed[1], source_file=str(src))
+        return
     if src.is_file():
         for item in archive_candidates(src, ARCHIVE_LIMITS):
             member = item.path.split("!", 1)[1] if "!" in item.path else item.path
@@ -104,13 +109,9 @@ def enumerate_inputs(src: Path, dst: Path, fmt_option: str | None) -> Iterator[t
             if placed:
                 yield member, Job(0, member, str(placed[0]), placed[1], data=item.read())
         return
-    resolved_dst = dst.resolve()
-    for path in sorted(src.rglob("*")):
+    for path in sorted(src.rglob("*")):  # check_paths made sure that DST is not inside SRC
         if path.is_dir() or path.suffix.lower() not in SUFFIX_FORMATS:
             continue
-        resolved = path.resolve()
-        if resolved == resolved_dst or resolved_dst in resolved.parents:
-            continue  # DST inside SRC: never colorize our own outputs
         relative = path.relative_to(src).as_posix()
         if path.is_symlink():
             yield relative, Outcome("failed", "link: symbolic links are not followed")
@@ -124,11 +125,12 @@ def check_paths(src: Path, dst: Path) -> None:
     if not src.exists():
         raise UserError(f"{src}: no such folder or archive")
     src_real, dst_real = src.resolve(), dst.resolve()
-    if src.is_dir() and (src_real.is_relative_to(dst_real) or dst_real.is_relative_to(src_real)):
+    overwrites_itself = src.is_file() and (dst_real / src.name) == src_real  # one photo into its own folder
+    if overwrites_itself or (src.is_dir() and (src_real.is_relative_to(dst_real) or dst_real.is_relative_to(src_real))):
         # SRC inside DST would read back outputs as inputs; DST inside SRC, the next run would.
         raise UserError(f"SRC {src} and DST {dst} overlap: choose a DST outside SRC (and SRC outside DST)")
-    if src.is_file() and not src.name.lower().endswith(ARCHIVE_SUFFIXES):
-        raise UserError(f"{src}: SRC must be a folder or a .zip/.tar/.tar.gz archive")
+    if src.is_file() and not src.name.lower().endswith(ARCHIVE_SUFFIXES) and src.suffix.lower() not in SUFFIX_FORMATS:
+        raise UserError(f"{src}: SRC must be a folder, a .zip/.tar/.tar.gz archive or an image file")
     try:
         dst.mkdir(parents=True, exist_ok=True)
         with atomic_path(dst / ".colorizer-write-test") as probe:
