@@ -40,7 +40,7 @@ def test_a_stray_mlruns_folder_does_not_break_a_run(tiny_shards, tmp_path, mlflo
 
 def test_logged_generator_loads_back_and_colorizes_another_size(tmp_path, mlflow_store):
     generator = Generator([8, 16, 16, 16, 16], 32).eval()
-    with tracking.training_run({"model": {"x": 1}}, None):
+    with tracking.training_run({"model": {"x": 1}}, "fingerprint", resume=False):
         model_uri = tracking.log_generator(generator, 32)
     loaded = mlflow.pytorch.load_model(model_uri)
     for shape in [(1, 1, 32, 32), (2, 1, 64, 96)]:
@@ -115,3 +115,21 @@ def test_training_logs_through_a_real_mlflow_server(tiny_shards, tmp_path, mlflo
     assert run.info.status == "FINISHED"
     assert run.data.metrics["val_g_l1"] == pytest.approx(final["val_g_l1"])
     assert (tmp_path / "server-artifacts").is_dir() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(monkeypatch, tiny_shards, tmp_path):
+    import socket
+    import time
+
+    from colorizer.config import UserError, parse_params
+    from colorizer.train import train
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    params = parse_params({"model": {"width_multiplier": 0.125}, "train": {"epochs": 1, "batch_size": 4}})
+    started = time.monotonic()
+    with pytest.raises(UserError, match="does not answer"):
+        train(params, tiny_shards, tmp_path / "model", tmp_path / "state", tmp_path / "p.csv", tmp_path / "m.json")
+    assert time.monotonic() - started < 30

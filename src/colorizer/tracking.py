@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from colorizer.config import UserError
 from colorizer.files import atomic_write_bytes
 
 DEFAULT_EXPERIMENT_NAME = "colorizer"
@@ -69,11 +70,36 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+SERVER_PROBE_SECONDS = 10.0
+_servers_answering: set[str] = set()
+
+
+def check_server(uri: str) -> None:
+    """A tracking server that does not answer is one line at once, not minutes of MLflow's retries
+    followed by a traceback. Asks its /health endpoint (every `mlflow server` has one), once per process."""
+    if not uri.startswith(("http://", "https://")) or uri in _servers_answering:
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_PROBE_SECONDS):
+            pass
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(
+            f"MLFLOW_TRACKING_URI={uri}: the tracking server does not answer ({reason}); "
+            "start it, or unset MLFLOW_TRACKING_URI to log to the repository's mlflow.db"
+        ) from None
+    _servers_answering.add(uri)
+
+
 def _mlflow():
     import mlflow  # slow to import: only stages that log pay for it
 
     global _default_uri_we_set
     uri = tracking_uri()
+    check_server(uri)
     is_default = uri == default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     if is_default:
