@@ -422,3 +422,21 @@ def test_a_single_photo_is_a_valid_src(tmp_path, model_dir):
         run(tmp_path / "notes.txt", tmp_path / "out2", model_dir)
     with pytest.raises(UserError, match="overlap"):  # its output would be the photo itself
         run(tmp_path / "scan.png", tmp_path, model_dir, overwrite=True)
+
+
+def test_sigterm_ends_a_run_like_ctrl_c_with_a_message_and_a_report(tmp_path, model_dir):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    for i in range(60):
+        Image.fromarray(grey(640, 480, seed=i)).save(src / f"scan {i:03d}.png")
+    command = [sys.executable, "-m", "colorizer.cli", "colorize", str(src), str(dst), "--model", str(model_dir)]
+    process = subprocess.Popen([*command, "--workers", "1", "--batch-size", "2"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(dst.glob("scan*.png"))) < 3:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # what a cluster scheduler sends at the time limit
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 130 and "colorizer colorize: interrupted" in stderr
+    rows = report(dst)  # the photos done so far are in the report
+    assert 3 <= (rows.status == "done").sum() < 60
+    assert sorted(rows.index[rows.status == "done"]) == sorted(p.name for p in dst.glob("scan*.png"))

@@ -279,16 +279,36 @@ class _Pipeline:
         self.window = options.batch_size + 2 * max(workers, 1)
 
     def run(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            future = self._executor().submit(prepare, job, self.runner.size, self.options.max_pixels)
-            self.prepared.append((job, future))
-            while len(self.prepared) > self.window:
+        try:
+            for job in jobs:
+                future = self._executor().submit(prepare, job, self.runner.size, self.options.max_pixels)
+                self.prepared.append((job, future))
+                while len(self.prepared) > self.window:
+                    self._take_prepared()
+            while self.prepared:
                 self._take_prepared()
-        while self.prepared:
-            self._take_prepared()
-        if self.batch:
-            self._run_model()
-        self._collect(keep=0)
+            if self.batch:
+                self._run_model()
+            self._collect(keep=0)
+        except KeyboardInterrupt:
+            self._settle_writes_in_flight()
+            raise
+
+    def _settle_writes_in_flight(self) -> None:
+        """Ctrl-C or SIGTERM: writes that have started finish and are recorded, so that every photo
+        on disk is in the report; the rest are cancelled (a rerun does them)."""
+        for _, future in self.prepared:
+            future.cancel()
+        while self.finishing:
+            job, future, seconds_before = self.finishing.popleft()
+            if future.cancel():
+                continue
+            try:
+                outcome = future.result(timeout=120)
+            except Exception:  # noqa: BLE001 (not written: the rerun redoes it)
+                continue
+            outcome.seconds += seconds_before
+            self._record(job, outcome)
 
     def _executor(self) -> Executor:
         """The workers once they are up; until worker processes are (~0.3 s of imports and warm-up)
@@ -332,11 +352,12 @@ class _Pipeline:
     def _collect(self, keep: int) -> None:
         """Record finished writes; wait for the oldest while more than `keep` are in flight."""
         while self.finishing and (self.finishing[0][1].done() or len(self.finishing) > keep):
-            job, future, seconds_before = self.finishing.popleft()
-            try:
+            job, future, seconds_before = self.finishing[0]  # taken off only once recorded: an interrupt
+            try:  # while waiting leaves it for _settle_writes_in_flight
                 outcome = future.result()
             except Exception as e:
                 outcome = worker_failure(e)
+            self.finishing.popleft()
             outcome.seconds += seconds_before
             self._record(job, outcome)
 

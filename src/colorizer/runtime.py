@@ -19,6 +19,7 @@ import argparse
 import ctypes
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +52,13 @@ def setup_process(keep_memory: bool = True) -> None:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     if keep_memory:
         keep_freed_memory()
+    # A scheduler's SIGTERM (a cluster job's time limit, `kill`) ends a run as Ctrl-C does: training
+    # marks its MLflow run KILLED and keeps its checkpoint, colorize writes its report.
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_entry(name: str, work: Callable[[], int | None]) -> int:

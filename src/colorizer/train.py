@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -248,10 +247,6 @@ def snapshot(gan: Gan, epoch: int, loader_rng: torch.Generator, history: list, f
     }
 
 
-def _sigterm_as_interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def train(
     params: Params,
     shard_dir: Path,
@@ -286,7 +281,6 @@ def train(
         history = list(state["history"])
     loader = make_loader(train_set, cfg.batch_size, cfg.loader_workers, loader_rng, pin_memory=device.type == "cuda")
 
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     with tracking.training_run(params.model_dump(), run_fingerprint, resume=state is not None):
         for epoch in range(len(history) + 1, cfg.epochs + 1):
             for group in (*gan.opt_g.param_groups, *gan.opt_d.param_groups):
