@@ -440,3 +440,14 @@ def test_sigterm_ends_a_run_like_ctrl_c_with_a_message_and_a_report(tmp_path, mo
     rows = report(dst)  # the photos done so far are in the report
     assert 3 <= (rows.status == "done").sum() < 60
     assert sorted(rows.index[rows.status == "done"]) == sorted(p.name for p in dst.glob("scan*.png"))
+
+
+def test_a_file_name_that_is_not_utf8_is_colorized_and_reported(tmp_path, model_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(grey(40, 30)).save(tmp_path / "scan.png")
+    os.rename(tmp_path / "scan.png", os.fsencode(src) + b"/caf\xe9.png")  # Latin-1 'café' from an old archive
+    run(src, tmp_path / "dst", model_dir)
+    assert (os.fsencode(tmp_path / "dst") + b"/caf\xe9.png") in [os.fsencode(p) for p in (tmp_path / "dst").iterdir()]
+    lines = (tmp_path / "dst" / REPORT_NAME).read_bytes().splitlines()
+    assert lines[1].startswith(b"caf\xe9.png,done,")  # the name's own bytes

@@ -9,6 +9,8 @@ written for every input.
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import sys
 import time
@@ -21,7 +23,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from colorizer.checkpoints import PRETRAINED_DIR, load_generator
@@ -373,22 +374,16 @@ def worker_failure(error: Exception) -> Outcome:
 
 
 def write_report(path: Path, summary: Summary) -> None:
-    rows = [
-        {
-            "path": relative,
-            "status": o.status,
-            "reason": o.reason,
-            "width": o.width,
-            "height": o.height,
-            "seconds": round(o.seconds, 4),
-        }
-        for _, (relative, o) in sorted(summary.rows.items())
-    ]
-    report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
-    for column in ("width", "height"):
-        report[column] = report[column].astype("Int64")
+    """One row per input. With the csv module, not pandas: a file name that is not valid UTF-8 (Python
+    keeps its bytes as surrogates) goes back out as the same bytes, where an Arrow string can't hold it."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(REPORT_COLUMNS)
+    for _, (relative, o) in sorted(summary.rows.items()):
+        size = ["" if o.width is None else o.width, "" if o.height is None else o.height]
+        writer.writerow([relative, o.status, o.reason, *size, round(o.seconds, 4)])
     try:
-        atomic_write_bytes(path, report.to_csv(index=False).encode("utf-8", "surrogateescape"))
+        atomic_write_bytes(path, text.getvalue().encode("utf-8", "surrogateescape"))
     except OSError as e:
         raise UserError(
             f"{path}: could not write the report ({e.strerror or e}); every output written is complete: "
