@@ -74,3 +74,15 @@ def test_split_for_is_a_function_of_the_hash(image_id):
     split = SplitConfig(val=0.1, test=0.1)
     assert split_for(image_id, split) == split_for(image_id, split)
     assert split_for("0" * 32, split) == "val" and split_for("f" * 32, split) == "train"
+
+
+def test_a_file_name_that_is_not_utf8_is_fetched_and_shown_escaped(tmp_path):
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.png").write_bytes(encode(colourful(96, 80)))
+    os.rename(data / "x.png", os.fsencode(data) + b"/caf\xe9.png")
+    _, manifest, _ = run_fetch(tmp_path, data)
+    row = manifest[manifest.path.str.endswith("caf\\xe9.png")]
+    assert row.status.tolist() == ["ok"]

@@ -99,7 +99,7 @@ def corpus_candidates(corpus_dir: Path) -> Iterator[Candidate | Rejected]:
 def folder_candidates(root: Path, limits: ArchiveLimits, download: DownloadSettings) -> Iterator[Candidate | Rejected]:
     """Every file under `root` (sorted, recursive): images, archive members, URL-list entries."""
     for path in sorted(p for p in root.rglob("*") if not _is_hidden(p.relative_to(root))):
-        shown = path.as_posix()
+        shown = readable(path.as_posix())
         if path.is_symlink():
             yield Rejected(shown, "link", "symbolic links are not followed")
         elif not path.is_file():
@@ -110,6 +110,12 @@ def folder_candidates(root: Path, limits: ArchiveLimits, download: DownloadSetti
             yield from url_candidates(path, download)
         else:
             yield Candidate(shown, path.read_bytes)
+
+
+def readable(name: str) -> str:
+    """A file name for the manifest: bytes that are not UTF-8 (kept by Python as surrogates, which
+    Parquet can't store) are shown as \\xNN escapes; the file itself is still read by its real name."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _is_hidden(relative: Path) -> bool:
@@ -139,7 +145,7 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Reje
     total = 0
     with zipfile.ZipFile(path) as archive:
         for count, info in enumerate(archive.infolist()):
-            shown = f"{path.as_posix()}!{info.filename}"
+            shown = readable(f"{path.as_posix()}!{info.filename}")
             if count >= limits.max_members:
                 yield Rejected(path.as_posix(), "archive limit", f"more than {limits.max_members} members")
                 return
@@ -165,7 +171,7 @@ def _tar_members(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Reje
     total, packed_bytes = 0, path.stat().st_size
     with tarfile.open(path, mode="r:*") as archive:
         for count, member in enumerate(archive):
-            shown = f"{path.as_posix()}!{member.name}"
+            shown = readable(f"{path.as_posix()}!{member.name}")
             if count >= limits.max_members:
                 yield Rejected(path.as_posix(), "archive limit", f"more than {limits.max_members} members")
                 return
