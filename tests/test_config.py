@@ -24,6 +24,9 @@ def test_repo_params_are_valid():
         ({"fetch": {"sources": ["dropbox"]}}, "fetch.sources.0"),
         ({"shard": {"images_per_shard": 0}}, "shard.images_per_shard"),
         ({"bogus": 1}, "bogus"),
+        ({"train": {"epochs": 2, "lr_decay_epochs": 3}}, "train"),
+        ({"showcase": {"colorize": {"quality": 0}}}, "showcase.colorize.quality"),
+        ({"augment": {"copies_per_cutout": 0}}, "augment.copies_per_cutout"),
     ],
 )
 def test_bad_params_name_the_key_in_one_line(raw, key):

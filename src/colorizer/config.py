@@ -133,6 +133,12 @@ class TrainConfig(Section):
     loader_workers: int = Field(0, ge=0)
     sample_count: int = Field(7, gt=0)
 
+    @model_validator(mode="after")
+    def _decay_within_training(self) -> TrainConfig:
+        if self.lr_decay_epochs > self.epochs:
+            raise ValueError(f"lr_decay_epochs ({self.lr_decay_epochs}) can't exceed epochs ({self.epochs})")
+        return self
+
 
 class EvaluateConfig(Section):
     batch_size: int = Field(32, gt=0)
