@@ -15,8 +15,9 @@ import os
 import sys
 import time
 import typing
+import zipfile
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
@@ -90,6 +91,22 @@ def output_target(dst: Path, relative: str, fmt_option: str | None) -> tuple[Pat
     if os.path.commonpath([resolved_dst, target.resolve()]) != str(resolved_dst):
         return None  # never write outside DST (a name that climbs out is refused upstream too)
     return target, fmt_option or SUFFIX_FORMATS[suffix]
+
+
+def count_inputs(src: Path) -> int | None:
+    """How many inputs the progress bar expects, from a listing alone; None for a tar archive, which
+    could only be counted by reading it through once more."""
+    if src.is_dir():
+        return sum(1 for p in src.rglob("*") if p.suffix.lower() in SUFFIX_FORMATS and not p.is_dir())
+    if not src.name.lower().endswith(ARCHIVE_SUFFIXES):
+        return 1
+    if src.name.lower().endswith(".zip"):
+        try:
+            with zipfile.ZipFile(src) as archive:
+                return sum(1 for info in archive.infolist() if Path(info.filename).suffix.lower() in SUFFIX_FORMATS)
+        except (zipfile.BadZipFile, OSError):
+            return None
+    return None
 
 
 def enumerate_inputs(src: Path, dst: Path, fmt_option: str | None) -> Iterator[tuple[str, Job | Outcome]]:
@@ -208,19 +225,26 @@ def colorize(src: Path, dst: Path, model_dir: Path = PRETRAINED_DIR, options: Co
 def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, pool: Executor, workers: int) -> Summary:
     runner = ModelRunner(model_dir, options)
     remove_temp_leftovers(dst)
-    summary, todo = Summary(), []
-    for index, (relative, item) in enumerate(enumerate_inputs(src, dst, options.format)):
-        if isinstance(item, Outcome):
-            summary.rows[index] = (relative, item)
-        elif Path(item.target).exists() and not options.overwrite:
-            summary.rows[index] = (relative, Outcome("skipped", "output exists"))
-        else:
-            todo.append(replace(item, index=index))
+    summary = Summary()
     started = time.perf_counter()
-    bar = progress(None, desc="colorize", total=len(summary.rows) + len(todo))
-    bar.update(len(summary.rows))
+    bar = progress(None, desc="colorize", total=count_inputs(src))
+
+    def jobs() -> Iterator[Job]:
+        """The inputs as they are listed, failed and skipped ones recorded on the way: an archive's
+        members are read one at a time as the pipeline takes them, so a multi-GB archive never sits
+        in memory whole."""
+        for index, (relative, item) in enumerate(enumerate_inputs(src, dst, options.format)):
+            if isinstance(item, Outcome):
+                summary.rows[index] = (relative, item)
+                bar.update(1)
+            elif Path(item.target).exists() and not options.overwrite:
+                summary.rows[index] = (relative, Outcome("skipped", "output exists"))
+                bar.update(1)
+            else:
+                yield replace(item, index=index)
+
     try:
-        _Pipeline(runner, pool, options, summary, bar, workers).run(todo)
+        _Pipeline(runner, pool, options, summary, bar, workers).run(jobs())
         pool.shutdown(wait=False)  # every photo is written: the workers exit while the report is written
     finally:
         bar.close()
@@ -279,7 +303,7 @@ class _Pipeline:
         self.batch: list[tuple[Job, np.ndarray, Outcome, DecodedImage | None]] = []
         self.window = options.batch_size + 2 * max(workers, 1)
 
-    def run(self, jobs: list[Job]) -> None:
+    def run(self, jobs: Iterable[Job]) -> None:
         try:
             for job in jobs:
                 future = self._executor().submit(prepare, job, self.runner.size, self.options.max_pixels)
