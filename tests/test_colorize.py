@@ -20,6 +20,7 @@ from colorizer.checkpoints import export_model
 from colorizer.cli import main
 from colorizer.colorize import REPORT_NAME, colorize, predict_in_halves
 from colorizer.config import ColorizeOptions, UserError
+from colorizer.files import is_temp_name
 from colorizer.lab import rgb_to_lab
 from colorizer.models import Discriminator, Generator
 from tests.conftest import colourful, encode
@@ -266,7 +267,7 @@ def test_killed_run_resumes_without_redoing_work(tmp_path, model_dir):
     rows = report(dst)
     assert len(rows) == 60 and set(rows.status) <= {"done", "skipped"}
     assert sorted(rows.index[rows.status == "skipped"]) == finished  # none redone
-    assert not [p for p in dst.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert not [p for p in dst.iterdir() if is_temp_name(p.name)]  # no temp leftovers
     assert os.path.getsize(dst / REPORT_NAME) > 0
 
 
@@ -381,7 +382,7 @@ def test_a_write_that_fails_midway_leaves_no_partial_file_and_the_rerun_finishes
     assert limited.returncode == 0, limited.stderr
     rows = report(dst)
     assert rows.loc["p2.jpg", "status"] == "failed" and rows.loc["p2.jpg", "reason"].startswith("write failed")
-    assert not (dst / "p2.jpg").exists() and not [p for p in dst.iterdir() if p.name.startswith(".")]
+    assert not (dst / "p2.jpg").exists() and not [p for p in dst.iterdir() if is_temp_name(p.name)]
     assert (rows.loc[["p0.jpg", "p1.jpg"], "status"] == "done").all()
     run(src, dst, model_dir)  # room again: only the failed photo is redone
     rows = report(dst)
@@ -478,3 +479,18 @@ def test_an_archive_is_read_member_by_member_not_whole(tmp_path, model_dir):
         assert (report(tmp_path / f"out{count}").status == "done").sum() == count
     archive_mib = 44 * len(member) / 2**20
     assert peaks[48] - peaks[4] < archive_mib / 2, (peaks, archive_mib)
+
+
+def test_a_second_run_into_the_same_dst_is_refused_while_the_first_runs(tmp_path, model_dir):
+    from filelock import FileLock
+
+    from colorizer.colorize import LOCK_NAME
+
+    (tmp_path / "src").mkdir()
+    Image.fromarray(grey(40, 30)).save(tmp_path / "src" / "a.png")
+    (tmp_path / "dst").mkdir()
+    with FileLock(tmp_path / "dst" / LOCK_NAME):  # what a running colorize holds
+        with pytest.raises(UserError, match="another colorize run is writing here"):
+            run(tmp_path / "src", tmp_path / "dst", model_dir)
+    run(tmp_path / "src", tmp_path / "dst", model_dir)  # free again: runs
+    assert report(tmp_path / "dst").loc["a.png", "status"] == "done"

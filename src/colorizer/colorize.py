@@ -20,11 +20,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from colorizer.checkpoints import PRETRAINED_DIR, load_generator
 from colorizer.colorize_worker import Job, Outcome, finish, init_worker, init_worker_thread, prepare, warm_up
@@ -37,6 +39,7 @@ from colorizer.parallel import RestartingPool, process_pool, thread_pool
 from colorizer.sources import ARCHIVE_SUFFIXES, ArchiveLimits, Rejected, archive_candidates
 
 REPORT_NAME = "colorize_report.csv"
+LOCK_NAME = ".colorizer.lock"
 REPORT_COLUMNS = ["path", "status", "reason", "width", "height", "seconds"]
 # Workers run at the lowest priority. Where torch has a thread on every core, a worker that preempts
 # one of them stalls every parallel op of the model; at nice 19 the workers run mostly in the model's
@@ -210,16 +213,33 @@ def predict_in_halves(predict, batch: list[np.ndarray]) -> list[np.ndarray | Exc
 
 
 def colorize(src: Path, dst: Path, model_dir: Path = PRETRAINED_DIR, options: ColorizeOptions | None = None) -> Summary:
-    """Colorize every photo under SRC (a folder or an archive) into DST; model_dir defaults to the shipped model."""
+    """Colorize every photo under SRC (a folder, an archive or one photo) into DST; model_dir defaults
+    to the shipped model."""
     options = options or ColorizeOptions()
     src, dst = Path(src), Path(dst)
     check_paths(src, dst)
-    workers = options.workers if options.workers is not None else default_workers()
-    pool = start_workers(workers, options.worker_kind, pick_device(options.device, "--device"))  # before the model
+    with dst_lock(dst):
+        workers = options.workers if options.workers is not None else default_workers()
+        pool = start_workers(workers, options.worker_kind, pick_device(options.device, "--device"))  # before the model
+        try:
+            return _colorize(src, dst, model_dir, options, pool, workers)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def dst_lock(dst: Path) -> Iterator[None]:
+    """One run at a time per DST: a second one would delete the first's temp files as leftovers and
+    overwrite its report. The OS drops the lock when a run dies, so a killed run never blocks the next."""
+    lock = FileLock(dst / LOCK_NAME, timeout=0)
     try:
-        return _colorize(src, dst, model_dir, options, pool, workers)
+        lock.acquire()
+    except Timeout:
+        raise UserError(f"{dst}: another colorize run is writing here; wait for it or choose another DST") from None
+    try:
+        yield
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        lock.release()
 
 
 def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, pool: Executor, workers: int) -> Summary:
