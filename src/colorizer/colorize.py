@@ -239,6 +239,10 @@ def dst_lock(dst: Path) -> Iterator[None]:
     try:
         yield
     finally:
+        # Removed so that DST holds only outputs and the report. A second run that opened the file
+        # just before this unlink could lock the orphan beside a third: a window of microseconds,
+        # between runs that were started together into the same DST.
+        (dst / LOCK_NAME).unlink(missing_ok=True)
         lock.release()
 
 
