@@ -213,3 +213,25 @@ def test_lr_schedule_is_constant_then_decays_linearly_like_pix2pix():
     assert [lr_at(e, constant) for e in range(1, 5)] == [1.0] * 4
     decaying = TrainConfig(epochs=6, lr=1.0, lr_decay_epochs=3)
     assert [lr_at(e, decaying) for e in range(1, 7)] == pytest.approx([1.0, 1.0, 1.0, 0.75, 0.5, 0.25])
+
+
+def test_a_run_left_running_by_kill_9_is_closed_by_the_next_training(tiny_shards, tmp_path, mlflow_store):
+    params = yaml.safe_load(yaml.safe_dump(TINY))
+    params["train"]["epochs"] = 500
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-m", "colorizer.cli", "train", "--shards", str(tiny_shards), "--model", "model"]
+    command += ["--state", "state", "--plots", "plots.csv", "--metrics", "train.json"]
+    environment = dict(os.environ, DVC_ROOT=str(tmp_path))
+    process = subprocess.Popen(command, cwd=tmp_path, env=environment, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "state" / CHECKPOINT_NAME
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # no chance to close its MLflow run
+    process.wait()
+    client = MlflowClient(mlflow_store)
+    orphan = run_of(load_checkpoint(checkpoint))
+    assert client.get_run(orphan).info.status == "RUNNING"
+
+    run_train(tiny_params(epochs=1, lr=1.0e-3), tiny_shards, tmp_path / "other")  # other params: a new run
+    assert client.get_run(orphan).info.status == "KILLED"

@@ -13,6 +13,7 @@ import csv
 import io
 import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from colorizer.files import atomic_write_bytes
 DEFAULT_EXPERIMENT_NAME = "colorizer"
 MODEL_SHA256_TAG = "model_sha256"
 FINGERPRINT_TAG = "train_fingerprint"
+OWNER_TAG = "trainer"  # host:pid of the process that runs a training run
 
 
 def experiment_name() -> str:
@@ -145,17 +147,46 @@ def set_tags(tags: dict[str, str]) -> None:
     _mlflow().set_tags(tags)
 
 
+def close_orphaned_runs(keep: str | None = None) -> list[str]:
+    """Mark KILLED the runs left RUNNING by a trainer of this host that no longer exists (kill -9, a
+    power cut): a trainer can't close its own run then. Runs of other hosts are left alone."""
+    mlflow = _mlflow()
+    host = socket.gethostname()
+    closed = []
+    for run in mlflow.search_runs(
+        experiment_names=[experiment_name()], filter_string="attributes.status = 'RUNNING'", output_format="list"
+    ):
+        owner = run.data.tags.get(OWNER_TAG, "")
+        owner_host, _, pid = owner.rpartition(":")
+        if run.info.run_id == keep or owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        mlflow.tracking.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 @contextmanager
 def training_run(params: dict[str, Any], fingerprint: str, resume: bool) -> Iterator[str]:
     """Start the MLflow run, or continue the one a resumed checkpoint belongs to (found by its training
     fingerprint); it ends FINISHED, FAILED on an error, KILLED on Ctrl-C/SIGTERM."""
     mlflow = _mlflow()
     resume_id = newest_run_tagged(FINGERPRINT_TAG, fingerprint) if resume else None
+    close_orphaned_runs(keep=resume_id)
     run = mlflow.start_run(run_id=resume_id, run_name=os.environ.get("DVC_EXP_NAME"))
     try:
         if resume_id is None:
             mlflow.log_params(flatten(params))
-        mlflow.set_tags(run_tags() | {FINGERPRINT_TAG: fingerprint})
+        mlflow.set_tags(run_tags() | {FINGERPRINT_TAG: fingerprint, OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"})
         yield run.info.run_id
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
