@@ -494,3 +494,13 @@ def test_a_second_run_into_the_same_dst_is_refused_while_the_first_runs(tmp_path
             run(tmp_path / "src", tmp_path / "dst", model_dir)
     run(tmp_path / "src", tmp_path / "dst", model_dir)  # free again: runs
     assert report(tmp_path / "dst").loc["a.png", "status"] == "done"
+
+
+def test_the_report_can_leave_out_its_run_specific_seconds(tmp_path, model_dir):
+    (tmp_path / "src").mkdir()
+    Image.fromarray(grey(40, 30)).save(tmp_path / "src" / "a.png")
+    run(tmp_path / "src", tmp_path / "dst", model_dir, report_seconds=False)  # as the showcase stage does
+    assert (tmp_path / "dst" / REPORT_NAME).read_text().splitlines() == [
+        "path,status,reason,width,height",
+        "a.png,done,,40,30",
+    ]

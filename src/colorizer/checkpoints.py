@@ -78,7 +78,7 @@ def export_model(out_dir: Path, generator: Generator, discriminator: Discriminat
         "discriminator_widths": [block.conv.out_channels for block in discriminator.blocks],
         "image_size": generator.image_size,
         "lab": {"L_scale": L_SCALE, "L_shift": L_SHIFT, "ab_scale": AB_SCALE},
-        "model_sha256": hashlib.sha256(generator_path.read_bytes()).hexdigest(),
+        "model_sha256": sha256_of(generator_path),
     }
     atomic_write_json(out_dir / MODEL_INFO_FILE, info)
     return info
@@ -122,8 +122,7 @@ def sha256_of(path: Path) -> str:
 def ship_generator(model_dir: Path, out_dir: Path, extra_info: dict[str, Any] | None = None) -> dict:
     """Copy a trained generator as fp16 safetensors (half the bytes; colorize computes in fp32 or
     bf16 anyway) with its model.json, for shipping in git; returns the new model.json content."""
-    info = read_model_info(model_dir)
-    generator, _ = load_generator(model_dir)
+    generator, info = load_generator(model_dir)
     path = Path(out_dir) / GENERATOR_FILE
     with atomic_path(path) as tmp:
         tensors = {

@@ -272,7 +272,7 @@ def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, p
         pool.shutdown(wait=False)  # every photo is written: the workers exit while the report is written
     finally:
         bar.close()
-        write_report(dst / REPORT_NAME, summary)
+        write_report(dst / REPORT_NAME, summary, options.report_seconds)
     seconds = time.perf_counter() - started
     done, skipped, failed = summary.count("done"), summary.count("skipped"), summary.count("failed")
     print(
@@ -421,15 +421,15 @@ def worker_failure(error: Exception) -> Outcome:
     return Outcome("failed", f"worker error: {type(error).__name__}: {error}")
 
 
-def write_report(path: Path, summary: Summary) -> None:
+def write_report(path: Path, summary: Summary, seconds: bool = True) -> None:
     """One row per input. With the csv module, not pandas: a file name that is not valid UTF-8 (Python
     keeps its bytes as surrogates) goes back out as the same bytes, where an Arrow string can't hold it."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(REPORT_COLUMNS)
+    writer.writerow(REPORT_COLUMNS if seconds else REPORT_COLUMNS[:-1])
     for _, (relative, o) in sorted(summary.rows.items()):
         size = ["" if o.width is None else o.width, "" if o.height is None else o.height]
-        writer.writerow([relative, o.status, o.reason, *size, round(o.seconds, 4)])
+        writer.writerow([relative, o.status, o.reason, *size] + ([round(o.seconds, 4)] if seconds else []))
     try:
         atomic_write_bytes(path, text.getvalue().encode("utf-8", "surrogateescape"))
     except OSError as e:

@@ -159,6 +159,7 @@ class ColorizeOptions(Section):
     strict: bool = False  # exit 1 if any input failed
     max_pixels: int = Field(250_000_000, gt=0)  # decompression-bomb cap for one scan
     precision: Precision = "auto"
+    report_seconds: bool = True  # the report's per-photo seconds (the showcase stage leaves them out)
 
     @classmethod
     def from_flags(cls, **values: Any) -> ColorizeOptions:

@@ -21,8 +21,6 @@ from colorizer.config import FORMATS
 from colorizer.files import atomic_write_bytes
 from colorizer.lab import mean_chroma
 
-# Formats we open; everything else is "not an image" even if some Pillow plugin could read it.
-DEFAULT_FORMATS = FORMATS
 _SRGB_PROFILE = ImageCms.createProfile("sRGB")
 
 
@@ -62,7 +60,7 @@ class DecodedImage:
         self.__dict__.update(state)  # frozen: set the fields directly
 
 
-def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = DEFAULT_FORMATS) -> Image.Image:
+def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS) -> Image.Image:
     """Open (lazily) with the format allow-list and a pixel cap checked before any decoding."""
     if not data:
         raise RejectedImage("empty file")
@@ -88,7 +86,7 @@ GREY_MODES = frozenset({"1", "L", "LA", "I;16", "I;16B", "I;16L", "I;16N", "I", 
 def decode(
     data: bytes,
     max_pixels: int,
-    formats: tuple[str, ...] = DEFAULT_FORMATS,
+    formats: tuple[str, ...] = FORMATS,
     at_least: int | None = None,
     full_grey_up_to: int = 0,
 ) -> DecodedImage:

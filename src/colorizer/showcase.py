@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from colorizer.colorize import REPORT_NAME, colorize
+from colorizer.colorize import colorize
 from colorizer.config import ColorizeOptions, ShowcaseConfig
-from colorizer.files import atomic_path, atomic_write_json
+from colorizer.files import atomic_write_json
 from colorizer.images import read_rgb, save_png
 from colorizer.visualize import tile
 
@@ -61,8 +61,9 @@ def showcase(cfg: ShowcaseConfig, fetched_dir: Path, model_dir: Path, out_dir: P
     else:
         source = Path(cfg.input)
     outputs = out_dir / "output"
-    summary = colorize(source, outputs, model_dir, cfg.colorize.model_copy(update={"overwrite": True}))
-    _drop_timings(outputs / REPORT_NAME)
+    # Without the report's seconds, which differ on every run: a second run changes nothing DVC hashes.
+    options = cfg.colorize.model_copy(update={"overwrite": True, "report_seconds": False})
+    summary = colorize(source, outputs, model_dir, options)
     rows = []
     for relative, outcome in sorted(summary.rows.values(), key=lambda row: row[0])[: cfg.contact_sheet_rows]:
         if outcome.status != "done":
@@ -76,13 +77,6 @@ def showcase(cfg: ShowcaseConfig, fetched_dir: Path, model_dir: Path, out_dir: P
     counts = {status: summary.count(status) for status in ("done", "skipped", "failed")}
     atomic_write_json(metrics_path, counts)
     return counts
-
-
-def _drop_timings(report: Path) -> None:
-    """The report's seconds differ on every run; the stage's DVC-tracked output keeps the rest, so a
-    second run changes nothing that DVC hashes."""
-    with atomic_path(report) as tmp:
-        pd.read_csv(report, keep_default_na=False).drop(columns="seconds").to_csv(tmp, index=False)
 
 
 def before_after(
