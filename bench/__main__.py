@@ -30,9 +30,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import matmul_gflops, sync, time_calls
 from colorizer.checkpoints import export_model
-from colorizer.colorize import ModelRunner
 from colorizer.config import PIX2PIX_WIDTHS, ColorizeOptions, ModelConfig, TrainConfig, parse_params
 from colorizer.devices import autocast_dtype, pick_device
+from colorizer.inference import ModelRunner
 from colorizer.models import Discriminator, Generator
 from colorizer.runtime import keep_freed_memory
 from colorizer.shards import LabShardDataset, write_shards

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import time_calls
-from colorizer.colorize import ModelRunner, colorize
+from colorizer.colorize import colorize
 from colorizer.config import ColorizeOptions
+from colorizer.inference import ModelRunner
 
 
 def inference_seconds(runner: ModelRunner, batch: int) -> float:

@@ -18,9 +18,10 @@ from PIL import Image, ImageCms
 
 from colorizer.checkpoints import export_model
 from colorizer.cli import main
-from colorizer.colorize import REPORT_NAME, colorize, predict_in_halves
+from colorizer.colorize import REPORT_NAME, colorize
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.files import is_temp_name
+from colorizer.inference import predict_in_halves
 from colorizer.lab import rgb_to_lab
 from colorizer.models import Discriminator, Generator
 from tests.conftest import colourful, encode
@@ -299,7 +300,7 @@ def test_an_unknown_worker_kind_is_refused_by_name(tmp_path, model_dir):
 
 
 def test_grey_scans_are_decoded_once_and_handed_on_compactly(tmp_path):
-    from colorizer.colorize_worker import CARRY_MAX_PIXELS, Job, finish, prepare
+    from colorizer.colorize_worker import CARRY_MAX_PIXELS, Job, Prediction, finish, prepare
 
     (tmp_path / "grey.jpg").write_bytes(encode(grey(640, 480), "JPEG", quality=90))
     (tmp_path / "colour.jpg").write_bytes(encode(colourful(640, 480), "JPEG", quality=90))
@@ -308,20 +309,23 @@ def test_grey_scans_are_decoded_once_and_handed_on_compactly(tmp_path):
     def job(name, target):
         return Job(0, name, str(tmp_path / target), "JPEG", source_file=str(tmp_path / name))
 
-    L_small, outcome, carried = prepare(job("grey.jpg", "a.jpg"), 32, 10**8)
-    assert L_small.shape == (1, 32, 32) and (outcome.width, outcome.height) == (640, 480)
+    prepared = prepare(job("grey.jpg", "a.jpg"), 32, 10**8)
+    carried = prepared.decoded
+    assert prepared.L_small.shape == (1, 32, 32) and (prepared.width, prepared.height) == (640, 480)
     assert carried is not None and carried.grey.shape == (480, 640)
     assert len(pickle.dumps(carried)) < 1.1 * 640 * 480  # the plane alone, not three channels
     unpickled = pickle.loads(pickle.dumps(carried))
     np.testing.assert_array_equal(unpickled.rgb, carried.rgb)
 
     ab = np.random.default_rng(0).uniform(-30, 30, (2, 32, 32)).astype(np.float32)
-    assert finish(job("grey.jpg", "a.jpg"), ab, 95, 10**8, "test", unpickled).status == "done"
-    assert finish(job("grey.jpg", "b.jpg"), ab, 95, 10**8, "test").status == "done"  # decoded here
+    assert finish(Prediction(job("grey.jpg", "a.jpg"), ab, unpickled, 0.0), 95, 10**8, "test").status == "done"
+    assert (
+        finish(Prediction(job("grey.jpg", "b.jpg"), ab, None, 0.0), 95, 10**8, "test").status == "done"
+    )  # decoded here
     assert (tmp_path / "a.jpg").read_bytes() == (tmp_path / "b.jpg").read_bytes()
 
-    assert prepare(job("colour.jpg", "c.jpg"), 32, 10**8)[2] is None  # colour: decoded reduced, again later
-    assert prepare(job("huge.jpg", "d.jpg"), 32, 10**8)[2] is None  # too big to keep in flight
+    assert prepare(job("colour.jpg", "c.jpg"), 32, 10**8).decoded is None  # colour: decoded reduced, again later
+    assert prepare(job("huge.jpg", "d.jpg"), 32, 10**8).decoded is None  # too big to keep in flight
 
 
 def test_without_model_the_shipped_model_colorizes_and_is_checked(tmp_path, monkeypatch):
@@ -484,7 +488,7 @@ def test_an_archive_is_read_member_by_member_not_whole(tmp_path, model_dir):
 def test_a_second_run_into_the_same_dst_is_refused_while_the_first_runs(tmp_path, model_dir):
     from filelock import FileLock
 
-    from colorizer.colorize import LOCK_NAME
+    from colorizer.colorize_inputs import LOCK_NAME
 
     (tmp_path / "src").mkdir()
     Image.fromarray(grey(40, 30)).save(tmp_path / "src" / "a.png")

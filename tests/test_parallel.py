@@ -2,6 +2,8 @@ import os
 import subprocess
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 
 from colorizer.colorize_worker import full_L
 from colorizer.images import decode
-from colorizer.parallel import RestartingPool, process_pool, thread_pool
+from colorizer.parallel import INLINE, OrderedMap, RestartingPool, batched, process_pool, thread_pool
 from colorizer.runtime import keep_freed_memory
 from tests.conftest import colourful, encode
 
@@ -53,7 +55,6 @@ def test_thread_pool_threads_run_at_the_asked_priority_and_the_caller_keeps_its_
 def test_a_restarting_pool_fails_the_tasks_in_flight_when_a_worker_dies_then_carries_on():
     pool = RestartingPool(lambda: process_pool(1, start_now=True))
     with pool:
-        assert pool.ready.wait(timeout=60)
         dying = pool.submit(os._exit, 1)  # as a worker killed for memory would
         with pytest.raises(BrokenProcessPool):
             dying.result(timeout=60)
@@ -61,10 +62,40 @@ def test_a_restarting_pool_fails_the_tasks_in_flight_when_a_worker_dies_then_car
         assert pool.restarts == 1
 
 
-def test_a_pool_without_start_now_is_ready_at_once_and_starts_workers_on_demand():
+def test_a_pool_without_start_now_starts_workers_on_demand():
     with process_pool(1) as pool:
-        assert pool.ready.is_set()
         assert pool.submit(os.getpid).result(timeout=60) != os.getpid()
+
+
+def test_ordered_map_keeps_the_order_bounds_the_work_in_flight_and_hands_back_errors():
+    taken = []
+    yielded = []
+
+    def items():
+        for i in range(40):
+            taken.append(i)
+            assert len(taken) - len(yielded) <= 4, "more than window + 1 items taken ahead"
+            yield i
+
+    def work(i):
+        time.sleep(0.002 * (i % 5))  # later items often finish first
+        if i == 7:
+            raise ValueError("seven")
+        return i * i
+
+    with ThreadPoolExecutor(4) as pool:
+        for item, result in OrderedMap(pool, work, items(), window=3):
+            yielded.append((item, result))
+    assert [item for item, _ in yielded] == list(range(40))
+    assert isinstance(yielded[7][1], ValueError) and str(yielded[7][1]) == "seven"
+    assert all(result == item * item for item, result in yielded if item != 7)
+
+
+def test_ordered_map_inline_runs_each_item_as_it_is_taken():
+    calls = []
+    pairs = list(OrderedMap(INLINE, lambda i: calls.append(i) or -i, iter(range(5)), window=2))
+    assert pairs == [(i, -i) for i in range(5)] and calls == list(range(5))
+    assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
 
 
 FAULTS_PER_REUSE = """

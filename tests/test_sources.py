@@ -8,10 +8,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from colorizer.config import ArchiveConfig, DownloadConfig
 from colorizer.sources import (
-    ArchiveLimits,
     Candidate,
-    DownloadSettings,
     Rejected,
     archive_candidates,
     bundled_samples,
@@ -21,7 +20,7 @@ from colorizer.sources import (
 )
 from tests.conftest import colourful, encode
 
-LIMITS = ArchiveLimits(max_members=100, max_member_bytes=5_000_000, max_total_bytes=50_000_000, max_ratio=100.0)
+LIMITS = ArchiveConfig(max_members=100, max_member_bytes=5_000_000, max_total_bytes=50_000_000, max_ratio=100.0)
 
 
 def by_path(items):
@@ -82,7 +81,7 @@ def test_too_many_members(tmp_path):
     with zipfile.ZipFile(path, "w") as archive:
         for i in range(5):
             archive.writestr(f"{i}.png", encode(colourful(8, 8)))
-    limits = ArchiveLimits(max_members=3, max_member_bytes=10**6, max_total_bytes=10**8, max_ratio=100.0)
+    limits = ArchiveConfig(max_members=3, max_member_bytes=10**6, max_total_bytes=10**8, max_ratio=100.0)
     items = list(archive_candidates(path, limits))
     assert sum(isinstance(i, Candidate) for i in items) == 3
     assert items[-1].reason == "archive limit"
@@ -128,8 +127,8 @@ def test_folder_walk_is_recursive_and_skips_links(tmp_path):
     (tmp_path / "top.jpg").write_bytes(encode(colourful(), "JPEG"))
     (tmp_path / ".hidden.png").write_bytes(b"x")
     (tmp_path / "link.png").symlink_to(tmp_path / "top.jpg")
-    settings = DownloadSettings(tmp_path / "cache", 1, 1.0, 0, 10**6)
-    items = list(folder_candidates(tmp_path, LIMITS, settings))
+    settings = DownloadConfig(workers=1, timeout_seconds=1.0, retries=0, max_bytes=10**6)
+    items = list(folder_candidates(tmp_path, LIMITS, settings, tmp_path / "cache"))
     names = {i.path.rsplit("/", 1)[-1]: i for i in items}
     assert set(names) == {"deep.png", "top.jpg", "link.png"}
     assert names["link.png"].reason == "link"
@@ -174,8 +173,8 @@ def test_url_list_with_failures_retries_and_cache(tmp_path, photo_server):
     listing = tmp_path / "photos.urls"
     urls = ["/photo.png", "/missing.png", "/slow.png", "/flaky.png"]
     listing.write_text("# my photos\n" + "\n".join(photo_server + u for u in urls) + "\nftp://nope/x.png\n")
-    settings = DownloadSettings(tmp_path / "cache", workers=4, timeout_seconds=0.5, retries=1, max_bytes=10**6)
-    items = {i.path.rsplit("/", 1)[-1]: i for i in url_candidates(listing, settings)}
+    settings = DownloadConfig(workers=4, timeout_seconds=0.5, retries=1, max_bytes=10**6)
+    items = {i.path.rsplit("/", 1)[-1]: i for i in url_candidates(listing, settings, tmp_path / "cache")}
     assert items["photo.png"].read() == _PhotoServer.payload
     assert items["flaky.png"].read() == _PhotoServer.payload  # 503 then 200: retried
     assert items["missing.png"].detail == "HTTP 404" and _PhotoServer.hits["/missing.png"] == 1  # no retry on 404
@@ -183,6 +182,6 @@ def test_url_list_with_failures_retries_and_cache(tmp_path, photo_server):
     assert items["x.png"].detail == "not an http(s) URL"
 
     before = dict(_PhotoServer.hits)
-    again = {i.path.rsplit("/", 1)[-1]: i for i in url_candidates(listing, settings)}
+    again = {i.path.rsplit("/", 1)[-1]: i for i in url_candidates(listing, settings, tmp_path / "cache")}
     assert again["photo.png"].read() == _PhotoServer.payload
     assert _PhotoServer.hits["/photo.png"] == before["/photo.png"]  # served from the cache

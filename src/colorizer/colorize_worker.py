@@ -88,21 +88,41 @@ _warmed_up = False
 CARRY_MAX_PIXELS = 4_000_000
 
 
-def prepare(job: Job, size: int, max_pixels: int) -> tuple[np.ndarray | None, Outcome, DecodedImage | None]:
-    """Decode and return the model's input, L at size x size, normalised, as (1, S, S) float32; and
-    the decoded photo itself when it is grey and small enough to hand on to `finish`."""
+@dataclass
+class Prepared:
+    """A photo ready for the model."""
+
+    L_small: np.ndarray  # (1, S, S) float32, normalised
+    width: int
+    height: int
+    seconds: float
+    decoded: DecodedImage | None  # the photo itself when it is grey and small enough to hand on
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A photo on its way from the model to its writer."""
+
+    job: Job
+    ab_small: np.ndarray  # (2, S, S) a*b* in Lab units
+    decoded: DecodedImage | None  # as `prepare` handed it on, or None: decoded again by `finish`
+    seconds: float  # its share of the work so far: prepare and the model
+
+
+def prepare(job: Job, size: int, max_pixels: int) -> Prepared | Outcome:
+    """Decode and make the model's input, L at size x size; a failed row if the photo can't be read."""
     started = time.perf_counter()
     try:
         decoded = decode(job.read(), max_pixels, at_least=size, full_grey_up_to=CARRY_MAX_PIXELS)
     except RejectedImage as e:
-        return None, Outcome("failed", str(e)[:300]), None
+        return Outcome("failed", str(e)[:300])
     except OSError as e:
-        return None, Outcome("failed", f"unreadable: {e}"), None
+        return Outcome("failed", f"unreadable: {e}")
     L_small = normalize_L(full_L(decoded, (size, size)))[None].astype(np.float32)
     width, height = decoded.display_size
     # decode() kept exactly these at full size (full_grey_up_to)
     carried = decoded if decoded.is_grey and width * height <= CARRY_MAX_PIXELS else None
-    return L_small, Outcome("pending", width=width, height=height, seconds=time.perf_counter() - started), carried
+    return Prepared(L_small, width, height, time.perf_counter() - started, carried)
 
 
 def full_L(decoded: DecodedImage, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -114,25 +134,18 @@ def full_L(decoded: DecodedImage, size: tuple[int, int] | None = None) -> np.nda
     return L_from_grey(pixels) if decoded.is_grey else L_from_rgb(pixels)
 
 
-def finish(
-    job: Job,
-    ab_small: np.ndarray,
-    quality: int,
-    max_pixels: int,
-    description: str,
-    decoded: DecodedImage | None = None,
-) -> Outcome:
-    """Join the predicted (2, S, S) a*b* (Lab units) with the photo's own full-size L and write it.
-    `decoded`: the photo as `prepare` decoded it, if it handed it on; otherwise it is decoded here."""
+def finish(prediction: Prediction, quality: int, max_pixels: int, description: str) -> Outcome:
+    """Join the predicted a*b* with the photo's own full-size L and write it."""
     started = time.perf_counter()
     warm_up()
+    job = prediction.job
     try:
-        decoded = decoded or decode(job.read(), max_pixels)
+        decoded = prediction.decoded or decode(job.read(), max_pixels)
         height, width = decoded.rgb.shape[:2]
         L = full_L(decoded)
         a, b = (
             cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width)
-            for plane in ab_small
+            for plane in prediction.ab_small
         )
         rgb = to_uint8(lab_planes_to_rgb(L, a, b))
         save_colorized(Path(job.target), rgb, job.fmt, quality, decoded, description)

@@ -7,9 +7,8 @@ source order, so the result does not depend on which worker finished first.
 from __future__ import annotations
 
 import os
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,9 @@ import pandas as pd
 from colorizer.config import FetchConfig, SplitConfig
 from colorizer.files import atomic_path, atomic_write_bytes, atomic_write_json, progress
 from colorizer.images import RejectedImage, content_id, decode, encode_png, kind_of, reject_reason
-from colorizer.parallel import process_pool
+from colorizer.parallel import INLINE, OrderedMap, process_pool
 from colorizer.sources import (
-    ArchiveLimits,
     Candidate,
-    DownloadSettings,
     Rejected,
     bundled_samples,
     corpus_candidates,
@@ -89,15 +86,13 @@ def decode_and_store(job: DecodeJob) -> dict:
 def gather_candidates(
     cfg: FetchConfig, data_dir: Path, cache_dir: Path, corpus_dir: Path = Path("corpus")
 ) -> Iterator[Candidate | Rejected]:
-    limits = ArchiveLimits(**cfg.archive.model_dump())
-    download = DownloadSettings(cache_dir=cache_dir, **cfg.download.model_dump())
     for source in cfg.sources:
         if source == "samples":
             yield from bundled_samples()
         elif source == "corpus":
             yield from corpus_candidates(corpus_dir)
         elif data_dir.is_dir():
-            yield from folder_candidates(data_dir, limits, download)
+            yield from folder_candidates(data_dir, cfg.archive, cfg.download, cache_dir)
 
 
 def fetch(
@@ -129,25 +124,19 @@ def fetch(
 def _decode_all(
     cfg: FetchConfig, candidates: Iterable[Candidate | Rejected], images_dir: Path, workers: int | None
 ) -> Iterator[dict]:
+    """Rows in candidate order, decoded in worker processes (a few jobs ahead, so memory stays bounded)."""
     jobs = _jobs(candidates, cfg, images_dir)
     workers = workers or min(4, os.cpu_count() or 1)
-    if workers == 1:
-        yield from (job if isinstance(job, dict) else decode_and_store(job) for job in jobs)
-        return
-    with process_pool(workers) as pool:
-        yield from _in_order(pool, jobs, window=4 * workers)
+    with INLINE if workers == 1 else process_pool(workers) as pool:
+        for _, row in OrderedMap(pool, decode_or_pass, jobs, window=4 * workers):
+            if isinstance(row, Exception):  # a bug, not a bad photo (decode_and_store catches those): stop
+                raise row
+            yield row
 
 
-def _in_order(pool: Executor, jobs: Iterable[DecodeJob | dict], window: int) -> Iterator[dict]:
-    """Results in submission order with at most `window` jobs in flight (bounded memory)."""
-    pending: deque[Future | dict] = deque()
-    for job in jobs:
-        pending.append(job if isinstance(job, dict) else pool.submit(decode_and_store, job))
-        if len(pending) >= window:
-            head = pending.popleft()
-            yield head if isinstance(head, dict) else head.result()
-    for head in pending:
-        yield head if isinstance(head, dict) else head.result()
+def decode_or_pass(job: DecodeJob | dict) -> dict:
+    """A candidate refused before decoding is already its row."""
+    return job if isinstance(job, dict) else decode_and_store(job)
 
 
 def _jobs(candidates: Iterable[Candidate | Rejected], cfg: FetchConfig, images_dir: Path) -> Iterator[DecodeJob | dict]:

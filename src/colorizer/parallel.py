@@ -17,11 +17,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
-from concurrent.futures import CancelledError, Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Generic, TypeVar
 
 _PR_SET_PDEATHSIG = 1
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _start_worker(nice: int, module: str | None, name: str | None) -> None:
@@ -39,32 +43,22 @@ def _start_worker(nice: int, module: str | None, name: str | None) -> None:
         getattr(importlib.import_module(module), name)()
 
 
-def _ready() -> None:
+def _started() -> None:
     """A no-op task: submitting one per worker starts them all now."""
 
 
 class WorkerPool(ProcessPoolExecutor):
-    """A `spawn` process pool; `ready` is set once its workers are up."""
+    """A `spawn` process pool whose workers die with this process."""
 
     def __init__(self, workers: int, **kwargs):
         super().__init__(workers, mp_context=multiprocessing.get_context("spawn"), **kwargs)
-        self.ready = threading.Event()
 
     def start_workers(self) -> None:
-        """Launch every worker now (milliseconds: they import and initialise in parallel with the caller)
-        and set `ready` once they are up. Launched from this thread, not a helper: the prctl above kills
-        a worker when the thread that started it ends."""
-        started = [self.submit(_ready) for _ in range(self._max_workers)]
-        threading.Thread(target=self._await, args=(started,), name="await-workers", daemon=True).start()
-
-    def _await(self, started: list[Future]) -> None:
-        try:
-            for future in started:
-                future.result()
-        except (CancelledError, BrokenProcessPool):
-            pass  # shut down before its workers were up, or one died: the caller's own tasks will say so
-        finally:
-            self.ready.set()
+        """Launch every worker now (milliseconds: they import and initialise in parallel with the
+        caller). Launched from this thread, not a helper: the prctl above kills a worker when the
+        thread that started it ends."""
+        for _ in range(self._max_workers):
+            self.submit(_started)
 
 
 def process_pool(
@@ -72,14 +66,11 @@ def process_pool(
 ) -> WorkerPool:
     """A `spawn` pool whose workers run at `nice`, each initialised by `initializer` (a module-level
     function). `start_now`: launch every worker at once (a pool otherwise starts one per task
-    submitted), so that their start-up overlaps what the caller does next; `pool.ready` is set once they
-    are up (at once without `start_now`)."""
+    submitted), so that their start-up overlaps what the caller does next (loading a model)."""
     where = (initializer.__module__, initializer.__qualname__) if initializer else (None, None)
     pool = WorkerPool(workers, initializer=_start_worker, initargs=(nice, *where))
     if start_now:
         pool.start_workers()
-    else:
-        pool.ready.set()
     return pool
 
 
@@ -91,10 +82,6 @@ class RestartingPool(Executor):
         self._start = start
         self._pool = start()
         self.restarts = 0
-
-    @property
-    def ready(self) -> threading.Event:
-        return self._pool.ready
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
         try:
@@ -121,3 +108,77 @@ def thread_pool(workers: int, initializer: Callable[[], None] | None = None, nic
             initializer()
 
     return ThreadPoolExecutor(workers, thread_name_prefix="worker", initializer=start_thread)
+
+
+class InlineExecutor(Executor):
+    """Runs each task at once in the calling thread: `--workers 0` (debugging, or where starting
+    processes is not allowed), and one-worker runs that gain nothing from a pool."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 (handed to the caller through the future)
+            future.set_exception(e)
+        return future
+
+
+INLINE = InlineExecutor()
+
+
+class OrderedMap(Generic[T, R]):
+    """`fn` over `items` on an executor, with results in the items' order and at most `window` tasks
+    in flight, so that memory stays bounded however many items come (Executor.map submits them all
+    at once). Iterating gives (item, result) pairs, as soon as the oldest task is done; the result is
+    the exception itself where `fn` raised, so that one bad item never ends the run."""
+
+    def __init__(self, executor: Executor, fn: Callable[[T], R], items: Iterable[T], window: int):
+        self.executor, self.fn, self.items, self.window = executor, fn, items, max(1, window)
+        self.in_flight: deque[tuple[T, Future]] = deque()
+
+    def __iter__(self) -> Iterator[tuple[T, R | Exception]]:
+        for item in self.items:
+            self.in_flight.append((item, self.executor.submit(self.fn, item)))
+            while self.in_flight and (self.in_flight[0][1].done() or len(self.in_flight) > self.window):
+                yield self._take_oldest()
+        while self.in_flight:
+            yield self._take_oldest()
+
+    def _take_oldest(self) -> tuple[T, R | Exception]:
+        item, future = self.in_flight[0]
+        try:
+            result = future.result()
+        except Exception as e:  # noqa: BLE001 (the caller decides what a failed item means)
+            result = e
+        self.in_flight.popleft()  # only once it has its result: an interrupt while waiting leaves it to `settle`
+        return item, result
+
+    def cancel(self) -> None:
+        """Cancel every task that has not started (the ones running finish on their own)."""
+        for _, future in self.in_flight:
+            future.cancel()
+
+    def settle(self, timeout: float = 120.0) -> Iterator[tuple[T, R]]:
+        """After an interrupt: cancel the tasks that have not started and wait for the ones running,
+        giving the (item, result) of those that succeeded, so that the caller can record every side
+        effect that happened (a photo written) before it stops."""
+        while self.in_flight:
+            item, future = self.in_flight.popleft()
+            if future.cancel():
+                continue
+            try:
+                yield item, future.result(timeout=timeout)
+            except Exception:  # noqa: BLE001, S112 (it did not happen: a rerun redoes it)
+                continue
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` items, the last one shorter (itertools.batched arrives with Python 3.12)."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -16,11 +16,13 @@ import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path, PurePosixPath
 
+from colorizer.config import ArchiveConfig, DownloadConfig
 from colorizer.files import atomic_write_bytes
+from colorizer.parallel import OrderedMap, thread_pool
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz")
 URL_LIST_SUFFIX = ".urls"
@@ -56,23 +58,6 @@ class Rejected:
     detail: str = ""
 
 
-@dataclass(frozen=True)
-class ArchiveLimits:
-    max_members: int
-    max_member_bytes: int
-    max_total_bytes: int
-    max_ratio: float
-
-
-@dataclass(frozen=True)
-class DownloadSettings:
-    cache_dir: Path
-    workers: int
-    timeout_seconds: float
-    retries: int
-    max_bytes: int
-
-
 def bundled_samples() -> Iterator[Candidate]:
     """The sample photos of whichever of scikit-image, scikit-learn, matplotlib are installed."""
     for package, relative in BUNDLED_SAMPLES:
@@ -96,7 +81,9 @@ def corpus_candidates(corpus_dir: Path) -> Iterator[Candidate | Rejected]:
             yield Rejected(f"corpus:{file}", "missing", "in the corpus manifest but not on disk (run make corpus)")
 
 
-def folder_candidates(root: Path, limits: ArchiveLimits, download: DownloadSettings) -> Iterator[Candidate | Rejected]:
+def folder_candidates(
+    root: Path, limits: ArchiveConfig, download: DownloadConfig, cache_dir: Path
+) -> Iterator[Candidate | Rejected]:
     """Every file under `root` (sorted, recursive): images, archive members, URL-list entries."""
     for path in sorted(p for p in root.rglob("*") if not _is_hidden(p.relative_to(root))):
         shown = readable(path.as_posix())
@@ -107,7 +94,7 @@ def folder_candidates(root: Path, limits: ArchiveLimits, download: DownloadSetti
         elif path.name.lower().endswith(ARCHIVE_SUFFIXES):
             yield from archive_candidates(path, limits)
         elif path.name.lower().endswith(URL_LIST_SUFFIX):
-            yield from url_candidates(path, download)
+            yield from url_candidates(path, download, cache_dir)
         else:
             yield Candidate(shown, path.read_bytes)
 
@@ -131,7 +118,7 @@ def unsafe_member_reason(name: str) -> str | None:
     return None
 
 
-def archive_candidates(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Rejected]:
+def archive_candidates(path: Path, limits: ArchiveConfig) -> Iterator[Candidate | Rejected]:
     try:
         if path.name.lower().endswith(".zip"):
             yield from _zip_members(path, limits)
@@ -141,7 +128,7 @@ def archive_candidates(path: Path, limits: ArchiveLimits) -> Iterator[Candidate 
         yield Rejected(path.as_posix(), "bad archive", str(e))
 
 
-def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Rejected]:
+def _zip_members(path: Path, limits: ArchiveConfig) -> Iterator[Candidate | Rejected]:
     total = 0
     with zipfile.ZipFile(path) as archive:
         for count, info in enumerate(archive.infolist()):
@@ -165,7 +152,7 @@ def _zip_members(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Reje
             yield _member(shown, data)
 
 
-def _tar_members(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Rejected]:
+def _tar_members(path: Path, limits: ArchiveConfig) -> Iterator[Candidate | Rejected]:
     # Streamed (`for member in archive`), members read with extractfile(): nothing is extracted, so
     # tarfile's extraction filters (and their bypasses fixed after Python 3.11.7) never come into play.
     total, packed_bytes = 0, path.stat().st_size
@@ -192,7 +179,7 @@ def _tar_members(path: Path, limits: ArchiveLimits) -> Iterator[Candidate | Reje
             yield _member(shown, data)
 
 
-def _size_reason(size: int, compressed: int | None, total: int, limits: ArchiveLimits) -> str | None:
+def _size_reason(size: int, compressed: int | None, total: int, limits: ArchiveConfig) -> str | None:
     if size > limits.max_member_bytes:
         return "archive limit"
     if total + size > limits.max_total_bytes:
@@ -215,24 +202,25 @@ def _member(shown: str, data: bytes | None) -> Candidate | Rejected:
     return Candidate(shown, lambda data=data: data)
 
 
-def url_candidates(path: Path, settings: DownloadSettings) -> Iterator[Candidate | Rejected]:
-    """Download every http(s) URL listed in a `.urls` file, in parallel, through an on-disk cache."""
+def url_candidates(path: Path, settings: DownloadConfig, cache_dir: Path) -> Iterator[Candidate | Rejected]:
+    """Download every http(s) URL listed in a `.urls` file, a few at a time, through an on-disk cache."""
     lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
     urls = [line for line in lines if line and not line.startswith("#")]
-    with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
-        results = pool.map(lambda url: _download_cached(url, settings), urls)
-        for url, (data, error) in zip(urls, results, strict=True):
+    download = partial(_download_cached, settings=settings, cache_dir=cache_dir)
+    with thread_pool(settings.workers) as pool:
+        for url, result in OrderedMap(pool, download, urls, window=2 * settings.workers):
             shown = f"{path.as_posix()}!{url}"
+            data, error = result if not isinstance(result, Exception) else (None, f"{type(result).__name__}: {result}")
             if error:
                 yield Rejected(shown, "download failed", error)
             else:
                 yield Candidate(shown, lambda data=data: data)
 
 
-def _download_cached(url: str, settings: DownloadSettings) -> tuple[bytes | None, str | None]:
+def _download_cached(url: str, settings: DownloadConfig, cache_dir: Path) -> tuple[bytes | None, str | None]:
     if not url.lower().startswith(("http://", "https://")):
         return None, "not an http(s) URL"
-    cached = settings.cache_dir / hashlib.sha256(url.encode()).hexdigest()
+    cached = cache_dir / hashlib.sha256(url.encode()).hexdigest()
     if cached.is_file():
         return cached.read_bytes(), None
     error = "no attempt"

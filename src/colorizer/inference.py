@@ -1,0 +1,49 @@
+"""The shipped or trained generator loaded for inference: a*b* for batches of L, on the device and
+at the precision the user chose, falling back to smaller batches when one does not fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from colorizer.checkpoints import load_generator
+from colorizer.config import ColorizeOptions, UserError
+from colorizer.devices import autocast, autocast_dtype, pick_device
+from colorizer.lab import denormalize_ab
+
+
+class ModelRunner:
+    """The trained generator on the chosen device, predicting a*b* (Lab units) for batches of L."""
+
+    def __init__(self, model_dir: Path, options: ColorizeOptions):
+        generator, info = load_generator(model_dir)
+        self.size = options.size or info["image_size"]
+        multiple = 2 ** len(generator.down)
+        if self.size % multiple:
+            raise UserError(f"--size {self.size}: must be a multiple of {multiple} for this model")
+        self.device = pick_device(options.device, "--device")
+        self.generator = generator.to(self.device, memory_format=torch.channels_last)
+        self.amp_dtype = autocast_dtype(options.precision, self.device)
+        self.description = f"colorized by colorizer; model sha256 {info['model_sha256']}"
+
+    @torch.inference_mode()
+    def predict(self, L_batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(L_batch).to(self.device).contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp_dtype):
+            ab = self.generator(x)
+        return denormalize_ab(ab.float().cpu().numpy())
+
+
+def predict_in_halves(predict, batch: list[np.ndarray]) -> list[np.ndarray | Exception]:
+    """Predict a batch; if the model fails (out of memory, say), retry each half, down to single images."""
+    try:
+        return list(predict(np.stack(batch)))
+    except RuntimeError as e:  # torch.OutOfMemoryError is a RuntimeError
+        if len(batch) == 1:
+            return [e]
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        middle = len(batch) // 2
+        return predict_in_halves(predict, batch[:middle]) + predict_in_halves(predict, batch[middle:])
