@@ -6,14 +6,14 @@ from pathlib import Path
 from colorizer.runtime import stage_main
 
 
-def train(shards: Path, model: Path, state: Path, plots: Path, metrics: Path) -> None:
+def train(shards: Path, model: Path, state: Path, plots: Path, samples: Path, metrics: Path) -> None:
     """Train (or resume) and export the generator (colorizer.train.train)."""
     import json
 
     from colorizer import train as training  # imported after stage_main's process setup: torch loads here
     from colorizer.config import load_params
 
-    print(json.dumps(training.train(load_params(), shards, model, state, plots, metrics)))
+    print(json.dumps(training.train(load_params(), shards, model, state, plots, metrics, samples_path=samples)))
 
 
 if __name__ == "__main__":

@@ -1,3 +1,6 @@
+import base64
+import io
+import json
 import os
 import socket
 import subprocess
@@ -5,14 +8,16 @@ import sys
 import time
 import urllib.request
 
-import mlflow.pytorch
+import mlflow.models
 import numpy as np
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
-from colorizer import tracking
-from colorizer.models import Generator
+from colorizer import serving, tracking
+from colorizer.colorize import colorize
+from colorizer.config import ColorizeOptions
+from tests.conftest import colourful, encode
 from tests.test_train import run_train, tiny_params
 
 
@@ -38,21 +43,65 @@ def test_a_stray_mlruns_folder_does_not_break_a_run(tiny_shards, tmp_path, mlflo
     assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
 
 
-def test_logged_generator_loads_back_and_colorizes_another_size(tmp_path, mlflow_store):
-    generator = Generator([8, 16, 16, 16, 16], 32).eval()
+def test_the_logged_model_is_registered_and_served_over_http_as_colorize_writes_it(tmp_path, mlflow_store):
+    """`mlflow models serve` of the registered model answers a real HTTP request with the same pixels
+    that `colorizer colorize --format PNG` writes for the photo (full size, its own L)."""
+    from colorizer.checkpoints import PRETRAINED_DIR
+
     with tracking.training_run({"model": {"x": 1}}, "fingerprint", resume=False):
-        model_uri = tracking.log_generator(generator, 32)
-    loaded = mlflow.pytorch.load_model(model_uri)
-    for shape in [(1, 1, 32, 32), (2, 1, 64, 96)]:
-        x = torch.randn(*shape)
-        with torch.no_grad():
-            torch.testing.assert_close(loaded(x), generator(x), atol=1e-5, rtol=1e-4)
-    assert np.asarray(mlflow.pyfunc.load_model(model_uri).predict(np.zeros((1, 1, 64, 64), np.float32))).shape == (
-        1,
-        2,
-        64,
-        64,
+        model_uri = serving.log_model(PRETRAINED_DIR)
+    info = mlflow.models.get_model_info(model_uri)
+    assert [(c.name, c.type.name) for c in info.signature.inputs.inputs] == [("image", "binary")]
+    assert [(c.name, c.type.name) for c in info.signature.outputs.inputs] == [("colorized", "binary")]
+    [version] = MlflowClient(mlflow_store).search_model_versions("name='colorizer'")
+    assert int(version.version) == 1
+
+    photo = tmp_path / "in" / "scan.jpg"
+    photo.parent.mkdir()
+    photo.write_bytes(encode(Image.fromarray(colourful(150, 100)).convert("L"), "JPEG", quality=90))
+    colorize(photo, tmp_path / "out", PRETRAINED_DIR, ColorizeOptions(format="PNG", workers=1))
+    expected = np.asarray(Image.open(tmp_path / "out" / "scan.png"))
+
+    port = free_port()
+    venv_bin = os.path.dirname(sys.executable)  # it starts `uvicorn` from PATH, as in an activated venv
+    server = subprocess.Popen(
+        ["mlflow", "models", "serve", "-m", "models:/colorizer/1", "-p", str(port), "--env-manager", "local"],
+        env=os.environ | {"MLFLOW_TRACKING_URI": mlflow_store, "PATH": f"{venv_bin}:{os.environ['PATH']}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(f"{url}/ping", server, seconds=120)
+        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(photo.read_bytes()).decode()]]}}
+        request = urllib.request.Request(
+            f"{url}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            [prediction] = json.load(response)["predictions"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(prediction["colorized"]))))
+    assert served.shape == (100, 150, 3)
+    np.testing.assert_array_equal(served, expected)
+    assert np.abs(served.astype(int) - served.mean(axis=2, keepdims=True)).mean() > 1  # colours, not grey
+
+
+def wait_until_up(url: str, process: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited: {process.stderr.read()[-2000:]}") from None
+            time.sleep(0.3)
+    process.kill()
+    raise AssertionError(f"{url} did not come up in {seconds} s")
 
 
 def free_port() -> int:
@@ -85,19 +134,7 @@ def mlflow_server(tmp_path):
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            if server.poll() is not None:
-                raise AssertionError(f"mlflow server exited: {server.stderr.read()[-2000:]}") from None
-            time.sleep(0.3)
-    else:
-        server.kill()
-        raise AssertionError("mlflow server did not come up in 90 s")
+    wait_until_up(f"{url}/health", server, seconds=90)
     yield url
     server.terminate()
     try:
@@ -109,11 +146,14 @@ def mlflow_server(tmp_path):
 def test_training_logs_through_a_real_mlflow_server(tiny_shards, tmp_path, mlflow_server, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # 10 s by default: longer than this run
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")
     final = run_train(tiny_params(epochs=2), tiny_shards, tmp_path / "out")
     client = MlflowClient(mlflow_server)
     [run] = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.metrics["val_g_l1"] == pytest.approx(final["val_g_l1"])
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # system metrics are on
     assert (tmp_path / "server-artifacts").is_dir() and not (tmp_path / "mlflow.db").exists()
 
 

@@ -35,7 +35,14 @@ def tiny_params(**train_overrides):
 
 def run_train(params, shards, root):
     return train(
-        params, shards, root / "model", root / "state", root / "plots.csv", root / "train.json", log_model=False
+        params,
+        shards,
+        root / "model",
+        root / "state",
+        root / "plots.csv",
+        root / "train.json",
+        log_model=False,
+        samples_path=root / "samples.png",
     )
 
 
@@ -52,6 +59,8 @@ def test_train_writes_model_plots_samples_and_mlflow_run(tiny_shards, tmp_path, 
     assert {"train_g_gan", "train_g_l1", "train_d_real", "train_d_fake", "val_g_l1"} <= set(plots.columns)
     grid = Image.open(tmp_path / "state" / "samples" / "epoch_002.png")
     assert grid.size == (3 * 32 + 2 * 2, 3 * 32 + 2 * 2)  # 3 samples x (grey, colorized, original)
+    # the image plot DVC compares: the final model's grid
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "samples.png")), np.asarray(grid))
 
     generator, info = load_generator(tmp_path / "model")
     assert info["image_size"] == 32 and generator(torch.zeros(1, 1, 32, 32)).shape == (1, 2, 32, 32)

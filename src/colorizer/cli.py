@@ -94,6 +94,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=Path("work/model"), help="where the generator is exported")
     parser.add_argument("--state", type=Path, default=Path("work/train"), help="checkpoint and sample grids")
     parser.add_argument("--plots", type=Path, default=Path("plots/train.csv"), help="per-epoch losses (DVC plots)")
+    parser.add_argument("--samples", type=Path, default=Path("plots/samples.png"), help="the final sample grid")
     parser.add_argument("--metrics", type=Path, default=Path("metrics/train.json"))
     parser.set_defaults(run=_run_train)
 
@@ -101,7 +102,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace, params: Params) -> None:
     from colorizer.train import train
 
-    final = train(params, args.shards, args.model, args.state, args.plots, args.metrics)
+    final = train(params, args.shards, args.model, args.state, args.plots, args.metrics, samples_path=args.samples)
     print(json.dumps(final))
 
 
@@ -172,6 +173,7 @@ def _showcase_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fetched", type=Path, default=Path("work/fetch"))
     parser.add_argument("--model", type=Path, default=Path("work/model"))
     parser.add_argument("--out", type=Path, default=Path("work/showcase"))
+    parser.add_argument("--contact-sheet", type=Path, default=Path("plots/contact_sheet.png"))
     parser.add_argument("--metrics", type=Path, default=Path("metrics/showcase.json"))
     parser.set_defaults(run=_run_showcase)
 
@@ -179,7 +181,7 @@ def _showcase_args(parser: argparse.ArgumentParser) -> None:
 def _run_showcase(args: argparse.Namespace, params: Params) -> None:
     from colorizer.showcase import showcase
 
-    print(json.dumps(showcase(params.showcase, args.fetched, args.model, args.out, args.metrics)))
+    print(json.dumps(showcase(params.showcase, args.fetched, args.model, args.out, args.contact_sheet, args.metrics)))
 
 
 @command(

@@ -118,7 +118,7 @@ def prepare(job: Job, size: int, max_pixels: int) -> Prepared | Outcome:
         return Outcome("failed", str(e)[:300])
     except OSError as e:
         return Outcome("failed", f"unreadable: {e}")
-    L_small = normalize_L(full_L(decoded, (size, size)))[None].astype(np.float32)
+    L_small = model_input(decoded, size)
     width, height = decoded.display_size
     # decode() kept exactly these at full size (full_grey_up_to)
     carried = decoded if decoded.is_grey and width * height <= CARRY_MAX_PIXELS else None
@@ -142,13 +142,23 @@ def finish(prediction: Prediction, quality: int, max_pixels: int, description: s
     try:
         decoded = prediction.decoded or decode(job.read(), max_pixels)
         height, width = decoded.rgb.shape[:2]
-        L = full_L(decoded)
-        a, b = (
-            cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width)
-            for plane in prediction.ab_small
+        save_colorized(
+            Path(job.target), recombine(decoded, prediction.ab_small), job.fmt, quality, decoded, description
         )
-        rgb = to_uint8(lab_planes_to_rgb(L, a, b))
-        save_colorized(Path(job.target), rgb, job.fmt, quality, decoded, description)
     except (RejectedImage, OSError, ValueError) as e:  # e.g. the disk filled up: the file is not written
         return Outcome("failed", f"write failed: {e}"[:300])
     return Outcome("done", width=width, height=height, seconds=time.perf_counter() - started)
+
+
+def recombine(decoded: DecodedImage, ab_small: np.ndarray) -> np.ndarray:
+    """The colorized photo at full size: its own L with the predicted (2, S, S) a*b* upsampled."""
+    height, width = decoded.rgb.shape[:2]
+    a, b = (
+        cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width) for plane in ab_small
+    )
+    return to_uint8(lab_planes_to_rgb(full_L(decoded), a, b))
+
+
+def model_input(decoded: DecodedImage, size: int) -> np.ndarray:
+    """The model's input for a photo: L at size x size, normalised, as (1, S, S) float32."""
+    return normalize_L(full_L(decoded, (size, size)))[None].astype(np.float32)

@@ -245,8 +245,15 @@ _EXIF_ORIENTATION, _EXIF_DESCRIPTION, _EXIF_SOFTWARE = 0x0112, 0x010E, 0x0131
 
 
 def save_colorized(path: Path, rgb: np.ndarray, fmt: str, quality: int, source: DecodedImage, description: str) -> None:
-    """Write a colorized photo atomically, keeping the source's alpha, EXIF and (RGB) ICC profile and
-    recording where the colours came from in EXIF Software/ImageDescription (and PNG text)."""
+    """Write a colorized photo atomically (see `encode_colorized`). Encoded in memory, then written
+    whole: Pillow's JPEG writer takes a short write on a full disk for success, and the truncated file
+    would be renamed into place and later skipped as done."""
+    atomic_write_bytes(path, encode_colorized(rgb, fmt, quality, source, description))
+
+
+def encode_colorized(rgb: np.ndarray, fmt: str, quality: int, source: DecodedImage, description: str) -> bytes:
+    """A colorized photo's file, keeping the source's alpha, EXIF and (RGB) ICC profile and recording
+    where the colours came from in EXIF Software/ImageDescription (and PNG text)."""
     image = Image.fromarray(rgb)
     if source.alpha is not None and fmt in _ALPHA_FORMATS:
         image.putalpha(Image.fromarray(source.alpha))
@@ -275,8 +282,6 @@ def save_colorized(path: Path, rgb: np.ndarray, fmt: str, quality: int, source: 
         image, options = image.convert("RGB").quantize(256), {}
     elif fmt == "BMP":
         options = {}
-    # Encoded in memory, then written whole: Pillow's JPEG writer takes a short write on a full disk
-    # for success, and the truncated file would be renamed into place and later skipped as done.
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()

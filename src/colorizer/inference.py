@@ -9,8 +9,10 @@ import numpy as np
 import torch
 
 from colorizer.checkpoints import load_generator
+from colorizer.colorize_worker import model_input, recombine
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.devices import autocast, autocast_dtype, pick_device
+from colorizer.images import decode, encode_colorized
 from colorizer.lab import denormalize_ab
 
 
@@ -47,3 +49,11 @@ def predict_in_halves(predict, batch: list[np.ndarray]) -> list[np.ndarray | Exc
             torch.cuda.empty_cache()
         middle = len(batch) // 2
         return predict_in_halves(predict, batch[:middle]) + predict_in_halves(predict, batch[middle:])
+
+
+def colorize_image(runner: ModelRunner, data: bytes, fmt: str = "PNG", quality: int = 95) -> bytes:
+    """One photo in memory, colorized as `colorizer colorize` writes it (full-resolution L, a*b* from
+    the model at its size): what the MLflow model serves. Raises RejectedImage for a file it can't read."""
+    decoded = decode(data, ColorizeOptions().max_pixels)
+    ab_small = runner.predict(model_input(decoded, runner.size)[None])[0]
+    return encode_colorized(recombine(decoded, ab_small), fmt, quality, decoded, runner.description)

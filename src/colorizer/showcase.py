@@ -51,9 +51,11 @@ def contact_sheet(rows: list[list[np.ndarray]], height: int) -> np.ndarray:
     return tile(padded, gap=4)
 
 
-def showcase(cfg: ShowcaseConfig, fetched_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
-    """Colorize cfg.input (the test split in grey by default) into out_dir/output, draw
-    out_dir/contact_sheet.png and write the done/skipped/failed counts to metrics_path."""
+def showcase(
+    cfg: ShowcaseConfig, fetched_dir: Path, model_dir: Path, out_dir: Path, sheet_path: Path, metrics_path: Path
+) -> dict:
+    """Colorize cfg.input (the test split in grey by default) into out_dir/output, draw the contact
+    sheet at sheet_path (an image plot) and write the done/skipped/failed counts to metrics_path."""
     originals: dict[str, Path] = {}
     if cfg.input == TEST_SPLIT:
         source = out_dir / "input"
@@ -72,8 +74,9 @@ def showcase(cfg: ShowcaseConfig, fetched_dir: Path, model_dir: Path, out_dir: P
         if relative in originals:
             row.append(read_rgb(originals[relative]))
         rows.append([image for image in row if image is not None])
-    if rows:
-        save_png(out_dir / "contact_sheet.png", contact_sheet(rows, cfg.thumbnail_height))
+    # Nothing colorized: a blank sheet, so that the stage's outputs exist and the counts say why.
+    sheet = contact_sheet(rows, cfg.thumbnail_height) if rows else np.full((16, 16, 3), 255, np.uint8)
+    save_png(sheet_path, sheet)
     counts = {status: summary.count(status) for status in ("done", "skipped", "failed")}
     atomic_write_json(metrics_path, counts)
     return counts

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import os
 import socket
 import subprocess
@@ -19,8 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from colorizer.config import UserError
 from colorizer.files import atomic_write_bytes
@@ -182,7 +179,8 @@ def training_run(params: dict[str, Any], fingerprint: str, resume: bool) -> Iter
     mlflow = _mlflow()
     resume_id = newest_run_tagged(FINGERPRINT_TAG, fingerprint) if resume else None
     close_orphaned_runs(keep=resume_id)
-    run = mlflow.start_run(run_id=resume_id, run_name=os.environ.get("DVC_EXP_NAME"))
+    # System metrics (CPU, memory, GPU where pynvml is installed) every 10 s, beside the training metrics.
+    run = mlflow.start_run(run_id=resume_id, run_name=os.environ.get("DVC_EXP_NAME"), log_system_metrics=True)
     try:
         if resume_id is None:
             mlflow.log_params(flatten(params))
@@ -221,33 +219,6 @@ def log_image(path: Path, key: str, step: int) -> None:
 
     with Image.open(path) as image:
         _mlflow().log_image(image.convert("RGB"), key=key, step=step)
-
-
-def log_generator(generator, image_size: int) -> str:
-    """Log as an MLflow PyTorch model (pt2 by torch.export) that accepts any H, W divisible by 2^depth."""
-    import torch.fx.experimental._config as fx_config
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    mlflow = _mlflow()
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1, -1, -1))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 2, -1, -1))]),
-    )
-    # The example is twice the trained size: torch.export would pin a size-1 bottleneck as a constant;
-    # size-oblivious tracing keeps H and W symbolic so the trained size works as well as larger ones.
-    example = np.zeros((2, 1, 2 * image_size, 2 * image_size), np.float32)
-    # mlflow tries to validate the example as a serving payload, which its PyTorch flavor can't: quiet that.
-    logging.getLogger("mlflow.models.model").setLevel(logging.ERROR)
-    with fx_config.patch(backed_size_oblivious=True):
-        info = mlflow.pytorch.log_model(
-            generator.cpu().float().eval(),
-            name="generator",
-            signature=signature,
-            input_example=example,
-            pip_requirements=["torch==2.13.0", "mlflow"],
-        )
-    return info.model_uri
 
 
 def write_plot_rows(path: Path, rows: list[dict[str, float]]) -> None:

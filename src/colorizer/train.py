@@ -255,8 +255,10 @@ def train(
     plots_path: Path,
     metrics_path: Path,
     log_model: bool = True,
+    samples_path: Path | None = None,
 ) -> dict:
-    """Train (or resume) and export the generator; returns the last epoch's losses."""
+    """Train (or resume) and export the generator; returns the last epoch's losses. `samples_path`:
+    where the final model's sample grid goes (an image plot that `dvc plots diff` sets side by side)."""
     cfg = params.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -305,10 +307,14 @@ def train(
             shown = ", ".join(f"{k}={v:.4g}" for k, v in (row | speed).items() if k != "epoch")
             print(f"epoch {epoch}: {shown}", file=sys.stderr)
         tracking.write_plot_rows(plots_path, history)
+        if samples_path:  # the last epoch's grid, drawn again: the same model and seed give the same picture
+            write_samples(gan, val_set, cfg.sample_count, params.seed + cfg.epochs, samples_path)
         info = export_model(model_dir, gan.generator, gan.discriminator, {"epochs": cfg.epochs, "seed": params.seed})
         tracking.set_tags({tracking.MODEL_SHA256_TAG: info["model_sha256"]})  # how evaluate finds this run
         if log_model:
-            tracking.log_generator(gan.generator, train_set.image_size)
+            from colorizer import serving  # mlflow.pyfunc: only when a model is logged
+
+            serving.log_model(model_dir)  # into the active run, as an image-in, image-out model
     final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}
     atomic_write_json(metrics_path, final)
     return final

@@ -3,6 +3,7 @@
 import json
 import sqlite3
 
+import dvc.api
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -41,10 +42,15 @@ def test_make_run_trains_evaluates_and_tracks(pipeline_repo):
     assert sorted(p.name for p in (root / "work" / "train" / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
     colorized = json.loads((root / "metrics" / "showcase.json").read_text())
     assert colorized["done"] == evaluation["test"]["images"] and colorized["failed"] == 0
-    assert (root / "work" / "showcase" / "contact_sheet.png").stat().st_size > 0
+    assert (root / "plots" / "contact_sheet.png").stat().st_size > 0
+    assert (root / "plots" / "samples.png").stat().st_size > 0
+    assert dvc.api.artifacts_show("colorizer", repo=str(root))["path"] == "work/model"
     [mlflow_run] = mlflow_runs(root)
     assert mlflow_run.info.status == "FINISHED"
     assert "eval_val_model_l1" in mlflow_run.data.metrics and "val_g_l1" in mlflow_run.data.metrics
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    [version] = client.search_model_versions("name='colorizer'")  # the trained model, registered
+    assert version.run_id == mlflow_run.info.run_id
     assert run(root, "dvc", "status").stdout.strip() == "Data and pipelines are up to date."
 
 
@@ -70,6 +76,10 @@ def test_exp_run_and_exp_show_side_by_side(pipeline_repo):
     assert {1, 2} <= {node["epoch"] for node in epochs}  # the baseline's 2 epochs and the experiment's 1
     rendered = run(root, "dvc", "plots", "show", "--json").stdout
     assert "train_g_l1" in rendered
+    # the image plots of the baseline and the experiment, side by side
+    compared = json.loads(run(root, "dvc", "plots", "diff", "HEAD", "one-epoch", "--json").stdout)
+    for image in ("plots/samples.png", "plots/contact_sheet.png"):
+        assert sorted(entry["revisions"][0] for entry in compared[image]) == ["HEAD", "one-epoch"], image
 
 
 def test_temp_experiment_lands_in_the_repo_store(pipeline_repo):

@@ -1,0 +1,80 @@
+"""The trained model as an MLflow pyfunc: image files in, colorized PNG files out.
+
+`mlflow models serve -m models:/colorizer/<version> --env-manager local` answers
+POST /invocations {"dataframe_split": {"columns": ["image"], "data": [["<base64 of a photo>"]]}}
+with {"predictions": [{"colorized": "<base64 of a PNG>"}]}: any size, the photo's own full-resolution
+L kept and a*b* predicted at the model's size, as `colorizer colorize` does.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.models.signature import ModelSignature
+from mlflow.types.schema import ColSpec, Schema
+
+REGISTERED_MODEL_NAME = "colorizer"
+INPUT_COLUMN, OUTPUT_COLUMN = "image", "colorized"
+SIGNATURE = ModelSignature(
+    inputs=Schema([ColSpec("binary", INPUT_COLUMN)]), outputs=Schema([ColSpec("binary", OUTPUT_COLUMN)])
+)
+# What the logged code imports (see `requirements`), pinned to the versions installed here.
+RUNTIME_PACKAGES = ("torch", "numpy", "pandas", "pillow", "opencv-python-headless", "pydantic", "safetensors", "mlflow")
+
+
+class ColorizerModel(mlflow.pyfunc.PythonModel):
+    """Loads the exported generator (model.json + generator.safetensors, checked against its sha256)."""
+
+    def load_context(self, context) -> None:
+        from colorizer.config import ColorizeOptions
+        from colorizer.inference import ModelRunner
+
+        self.runner = ModelRunner(Path(context.artifacts["model"]), ColorizeOptions())
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from colorizer.inference import colorize_image
+
+        photos = model_input[INPUT_COLUMN]
+        return pd.DataFrame({OUTPUT_COLUMN: [colorize_image(self.runner, bytes(data)) for data in photos]})
+
+
+def log_model(model_dir: Path, registered_model_name: str | None = REGISTERED_MODEL_NAME) -> str:
+    """Log the exported model in `model_dir` to the active run (and register a new version of
+    `registered_model_name`); returns the model's URI. The colorizer package's code goes with it, so
+    it serves from any environment that has the packages of `requirements()`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        code = Path(tmp) / "colorizer"
+        # The package's modules only: not the shipped weights beside them (12 MB) nor bytecode.
+        shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "pretrained"))
+        info = mlflow.pyfunc.log_model(
+            name="colorizer",
+            python_model=ColorizerModel(),
+            artifacts={"model": str(model_dir)},
+            code_paths=[str(code)],
+            signature=SIGNATURE,
+            input_example=pd.DataFrame({INPUT_COLUMN: [example_photo()]}),
+            pip_requirements=requirements(),
+            registered_model_name=registered_model_name,
+        )
+    return info.model_uri
+
+
+def requirements() -> list[str]:
+    return [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_PACKAGES]
+
+
+def example_photo() -> bytes:
+    """A small grey PNG: the input example MLflow stores with the model and runs once to check it."""
+    from PIL import Image
+
+    y, x = np.mgrid[0:48, 0:64]
+    buffer = io.BytesIO()
+    Image.fromarray((128 + 60 * np.sin(x / 7.0 + y / 11.0)).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
