@@ -4,15 +4,38 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+# torch first, on its own: the lock files leave it out, because its CPU and CUDA builds are different
+# files under one version. Where pip's index has the CPU build (these machines) nothing more is needed;
+# on a stock machine see README ("Installing"), e.g. TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu".
+TORCH_INDEX ?=
 
-.PHONY: run test bench lint clean corpus pretrained
+.PHONY: run test bench lint lock clean corpus pretrained
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet torch==2.13.0 $(TORCH_INDEX)
+	$(BIN)/pip install --quiet --require-hashes -r requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+# Re-resolve both lock files from pyproject.toml, keeping every pin that still fits (uv prefers the
+# versions already in the output file). torch's own dependencies are resolved for its CPU build, so
+# its index must be reachable: TORCH_CPU_INDEX, or a folder holding the wheel in UV_FIND_LINKS.
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --python-version 3.11 --generate-hashes \
+	--no-emit-package torch --override $(VENV)/torch-cpu.txt --custom-compile-command "make lock" \
+	--extra-index-url $(TORCH_CPU_INDEX) --index-strategy unsafe-best-match
+
+lock: $(DEV_STAMP)
+	echo "torch==2.13.0+cpu" > $(VENV)/torch-cpu.txt
+	$(UV_COMPILE) -o requirements.txt
+	$(UV_COMPILE) --extra dev -c requirements.txt -o requirements-dev.txt
 
 # `data/` is the user's collection, tracked by data.dvc; a fresh clone has no DVC cache to
 # check it out from, and dvc refuses to run with the dependency missing, so make sure it exists.
@@ -36,13 +59,13 @@ pretrained: $(STAMP)
 	mkdir -p data
 	PATH="$(abspath $(BIN)):$$PATH" dvc exp run -n pretrained $(PRETRAINED)
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" python -m pytest
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" python -m bench
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check src stages tests bench
 	$(BIN)/ruff format --check src stages tests bench
 

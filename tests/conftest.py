@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import pytest
@@ -11,6 +12,17 @@ from PIL import Image
 from colorizer.synthetic import colourful, synthetic_shards
 
 __all__ = ["colourful", "encode", "write_tiny_shards"]
+
+
+@pytest.fixture(autouse=True)
+def _library_logging_as_found():
+    """`colorizer ... -q/-v` sets the library's logger for the process: put it back after each test."""
+    logger = logging.getLogger("colorizer")
+    saved = logger.level, list(logger.handlers), logger.propagate
+    yield
+    logger.setLevel(saved[0])
+    logger.handlers[:] = saved[1]
+    logger.propagate = saved[2]
 
 
 def encode(array_or_image, fmt: str = "PNG", **save_kwargs) -> bytes:

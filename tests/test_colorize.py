@@ -116,6 +116,46 @@ def test_bad_inputs_are_failed_rows_and_the_run_goes_on(tmp_path, model_dir):
     assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [REPORT_NAME, "fine.png"]  # nothing half-done
 
 
+def test_dry_run_lists_what_would_be_done_and_writes_nothing(tmp_path, model_dir, capsys):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(grey(40, 30)).save(src / "a.png")
+    Image.fromarray(grey(40, 30)).save(src / "sub" / "b.jpg")
+    (src / "link.png").symlink_to(src / "a.png")
+    run(src, tmp_path / "dst", model_dir)  # a.png, sub/b.jpg done
+    (tmp_path / "dst" / "sub" / "b.jpg").unlink()
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    capsys.readouterr()
+    assert main(["colorize", str(src), str(tmp_path / "dst"), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    lines = [line.split("\t") for line in captured.out.splitlines()]
+    assert lines == [
+        ["skip", "a.png", "output exists"],
+        ["fail", "link.png", "link: symbolic links are not followed"],
+        ["colorize", "sub/b.jpg", str(tmp_path / "dst" / "sub" / "b.jpg")],
+    ]
+    assert "dry run: 1 to colorize, 1 skipped, 1 refused; nothing was written" in captured.err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert main(["colorize", str(src), str(tmp_path / "new-dst"), "--dry-run"]) == 0
+    assert not (tmp_path / "new-dst").exists()
+
+
+def test_quiet_shows_only_problems_and_verbose_adds_detail(tmp_path, model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("COLORIZER_PROGRESS", "1")  # bars on, as on a terminal
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(grey(40, 30)).save(src / "a.png")
+    args = ["colorize", str(src), "--model", str(model_dir), "--workers", "1"]
+    assert main([*args[:2], str(tmp_path / "d1"), *args[2:]]) == 0
+    normal = capsys.readouterr().err
+    assert "colorize: 1 done, 0 skipped, 0 failed" in normal and "img/s" in normal  # summary and bar
+    assert main([*args[:2], str(tmp_path / "d2"), *args[2:], "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*args[:2], str(tmp_path / "d3"), *args[2:], "-v"]) == 0
+    verbose = capsys.readouterr().err
+    assert "DEBUG colorizer.colorize: colorize: model at 32 px on cpu" in verbose and "1 done" in verbose
+
+
 def test_strict_exit_code_and_fatal_errors(tmp_path, model_dir, capsys):
     src = tmp_path / "src"
     src.mkdir()

@@ -1,3 +1,4 @@
+import logging
 import os
 import signal
 import subprocess
@@ -95,10 +96,11 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shards, tmp_path, mlflow_
     assert [m.step for m in client.get_metric_history(resumed_run.info.run_id, "train_g_l1")] == [1, 2, 3]
 
 
-def test_other_params_start_over(tiny_shards, tmp_path, mlflow_store, capsys):
+def test_other_params_start_over(tiny_shards, tmp_path, mlflow_store, caplog):
+    caplog.set_level(logging.INFO, logger="colorizer")
     run_train(tiny_params(epochs=1), tiny_shards, tmp_path)
     run_train(tiny_params(epochs=1, lr=1.0e-3), tiny_shards, tmp_path)
-    assert "other params or data; starting over" in capsys.readouterr().err
+    assert "other params or data; starting over" in caplog.text
     assert pd.read_csv(tmp_path / "plots.csv").epoch.tolist() == [1]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from colorizer.runtime import run_entry, setup_process
+from colorizer.runtime import run_entry, setup_logging, setup_process
 
 if TYPE_CHECKING:  # imported where used: worker processes import this module (spawn re-imports __main__)
     from colorizer.config import Params
@@ -154,6 +154,9 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quality", type=int, default=default.quality, help="JPEG/WebP quality (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any input failed")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be colorized, skipped or refused; write nothing"
+    )
     parser.set_defaults(run=_run_colorize)
 
 
@@ -164,8 +167,30 @@ def _run_colorize(args: argparse.Namespace, params: Params) -> int:
 
     flags = ("size", "batch_size", "workers", "worker_kind", "device", "format", "quality", "overwrite", "strict")
     options = ColorizeOptions.from_flags(**{flag: getattr(args, flag) for flag in flags})
+    if args.dry_run:
+        return _print_dry_run(args.src, args.dst, options)
     summary = colorize(args.src, args.dst, args.model or PRETRAINED_DIR, options)
     return 1 if args.strict and summary.count("failed") else 0
+
+
+def _print_dry_run(src: Path, dst: Path, options) -> int:
+    """One tab-separated line per input on stdout (action, input, output or reason); counts on stderr."""
+    import csv
+    import logging
+    from collections import Counter
+
+    from colorizer.colorize import dry_run
+
+    counts: Counter[str] = Counter()
+    out = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
+    for action, relative, detail in dry_run(src, dst, options):
+        counts[action] += 1
+        out.writerow([action, relative, detail])
+    logging.getLogger("colorizer").info(
+        "dry run: %d to colorize, %d skipped, %d refused; nothing was written",
+        *(counts["colorize"], counts["skip"], counts["fail"]),
+    )
+    return 0
 
 
 @command("showcase", "The DVC `showcase` stage: colorize params' showcase.input and draw a contact sheet.")
@@ -217,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
         child = sub.add_parser(name, help=help_text, description=help_text)
         if needs_params:
             child.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+        child.add_argument("-v", "--verbose", action="count", default=0, help="debug detail on stderr")
+        child.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only, no progress")
         add_arguments(child)
     return parser
 
@@ -224,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     setup_process()  # before any command imports torch
     args = build_parser().parse_args(argv)
+    setup_logging(args.verbose - args.quiet)
 
     def work() -> int | None:
         from colorizer.config import Params, load_params

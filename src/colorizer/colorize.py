@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
-import sys
 import time
 import typing
 from collections.abc import Iterable, Iterator
@@ -46,6 +46,7 @@ from colorizer.files import atomic_write_bytes, progress
 from colorizer.inference import ModelRunner, predict_in_halves
 from colorizer.parallel import INLINE, OrderedMap, RestartingPool, batched, process_pool, thread_pool
 
+log = logging.getLogger(__name__)
 REPORT_NAME = "colorize_report.csv"
 REPORT_COLUMNS = ["path", "status", "reason", "width", "height", "seconds"]
 # Workers run at the lowest priority. Where torch has a thread on every core, a worker that preempts
@@ -91,8 +92,29 @@ def colorize(src: Path, dst: Path, model_dir: Path = PRETRAINED_DIR, options: Co
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def dry_run(src: Path, dst: Path, options: ColorizeOptions | None = None) -> Iterator[tuple[str, str, str]]:
+    """What `colorize` would do, without loading the model or writing anything: (action, input, detail)
+    per input, action one of `colorize` (detail: the output), `skip` (it exists) or `fail` (refused
+    while listing: a link, an unsafe archive member). A photo that can't be decoded shows as `colorize`
+    here and fails in the run."""
+    options = options or ColorizeOptions()
+    src, dst = Path(src), Path(dst)
+    check_paths(src, dst, probe=False)
+    for relative, item in enumerate_inputs(src, dst, options.format):
+        if isinstance(item, Outcome):
+            yield "fail", relative, item.reason
+        elif Path(item.target).exists() and not options.overwrite:
+            yield "skip", relative, "output exists"
+        else:
+            yield "colorize", relative, item.target
+
+
 def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, pool: Executor, workers: int) -> Summary:
     runner = ModelRunner(model_dir, options)
+    log.debug(
+        "colorize: model at %d px on %s (autocast %s), %d %s workers",
+        *(runner.size, runner.device, runner.amp_dtype, workers, type(pool).__name__),
+    )
     remove_temp_leftovers(dst)
     summary = Summary(progress(None, desc="colorize", total=count_inputs(src)))
     window = options.batch_size + 2 * max(workers, 1)  # photos in flight per step: bounded memory
@@ -115,10 +137,9 @@ def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, p
         write_report(dst / REPORT_NAME, summary, options.report_seconds)
     seconds = time.perf_counter() - started
     done, skipped, failed = summary.count("done"), summary.count("skipped"), summary.count("failed")
-    print(
-        f"colorize: {done} done, {skipped} skipped, {failed} failed in {seconds:.1f} s "
-        f"({done / max(seconds, 1e-9):.2f} images/s); report: {dst / REPORT_NAME}",
-        file=sys.stderr,
+    log.info(
+        "colorize: %d done, %d skipped, %d failed in %.1f s (%.2f images/s); report: %s",
+        *(done, skipped, failed, seconds, done / max(seconds, 1e-9), dst / REPORT_NAME),
     )
     return summary
 

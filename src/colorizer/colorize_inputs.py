@@ -85,7 +85,9 @@ def enumerate_inputs(src: Path, dst: Path, fmt_option: str | None) -> Iterator[t
             yield relative, Job(0, relative, str(placed[0]), placed[1], source_file=str(path))
 
 
-def check_paths(src: Path, dst: Path) -> None:
+def check_paths(src: Path, dst: Path, probe: bool = True) -> None:
+    """SRC exists and is something colorize reads, SRC and DST don't overlap, and (`probe`) DST can be
+    written: made if need be, and a file written and removed there."""
     if not src.exists():
         raise UserError(f"{src}: no such folder or archive")
     src_real, dst_real = src.resolve(), dst.resolve()
@@ -95,6 +97,8 @@ def check_paths(src: Path, dst: Path) -> None:
         raise UserError(f"SRC {src} and DST {dst} overlap: choose a DST outside SRC (and SRC outside DST)")
     if src.is_file() and not src.name.lower().endswith(ARCHIVE_SUFFIXES) and src.suffix.lower() not in SUFFIX_FORMATS:
         raise UserError(f"{src}: SRC must be a folder, a .zip/.tar/.tar.gz archive or an image file")
+    if not probe:
+        return
     try:
         dst.mkdir(parents=True, exist_ok=True)
         with atomic_path(dst / ".colorizer-write-test") as probe:

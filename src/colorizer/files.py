@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -62,8 +63,10 @@ def is_temp_name(name: str) -> bool:
 
 def progress(items: Iterable[T] | None, desc: str, total: int | None = None, unit: str = "img") -> tqdm:
     """A tqdm bar on stderr (images/s and ETA); quiet when stderr is not a terminal unless
-    COLORIZER_PROGRESS=1. With items=None it is a bar to `update()` by hand."""
+    COLORIZER_PROGRESS=1, and under -q (the colorizer logger above INFO). With items=None it is a bar
+    to `update()` by hand."""
     from tqdm import tqdm  # here, not at the top: worker processes import this module and never draw bars
 
-    show = sys.stderr.isatty() or os.environ.get("COLORIZER_PROGRESS") == "1"
+    wanted = logging.getLogger("colorizer").isEnabledFor(logging.INFO)
+    show = wanted and (sys.stderr.isatty() or os.environ.get("COLORIZER_PROGRESS") == "1")
     return tqdm(items, desc=desc, total=total, unit=unit, disable=not show, dynamic_ncols=True)

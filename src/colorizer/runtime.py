@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import inspect
+import logging
 import os
 import signal
 import sys
@@ -61,6 +62,20 @@ def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def setup_logging(verbosity: int = 0) -> None:
+    """How much the library's loggers (colorizer.*) show on stderr: -q (verbosity < 0) warnings and
+    errors only, and no progress bars; by default also progress and each step's summary; -v debug
+    details (workers, devices, precision) too. The library itself only logs: choosing is the entry
+    point's job, so a program that imports colorizer keeps its own logging set-up."""
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbosity > 0 else "%(message)s"))
+    logger = logging.getLogger("colorizer")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False
+
+
 def run_entry(name: str, work: Callable[[], int | None]) -> int:
     """Run an entry point's work: a user's mistake (UserError, a missing file) is one line on stderr
     and exit code 2, Ctrl-C or SIGTERM is exit code 130, anything else a traceback (a bug)."""
@@ -86,4 +101,5 @@ def stage_main(work: Callable[..., object]) -> int:
         parser.add_argument(f"--{parameter.replace('_', '-')}", type=Path, required=True, dest=parameter)
     args = parser.parse_args()
     setup_process()
+    setup_logging()
     return run_entry(name, lambda: work(**vars(args)))

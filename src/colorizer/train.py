@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from colorizer.models import Discriminator, Generator, build_discriminator, buil
 from colorizer.shards import LabShardDataset, read_index
 from colorizer.visualize import sample_grid
 
+log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -210,12 +211,12 @@ def resumable_state(path: Path, expected_fingerprint: str, epochs: int) -> dict 
         return None
     state = load_checkpoint(path)
     if state.get("fingerprint") != expected_fingerprint:
-        print(f"train: {path} was made with other params or data; starting over", file=sys.stderr)
+        log.info("train: %s was made with other params or data; starting over", path)
         return None
     if state["epoch"] > epochs:
-        print(f"train: {path} is past epoch {epochs} already; starting over", file=sys.stderr)
+        log.info("train: %s is past epoch %d already; starting over", path, epochs)
         return None
-    print(f"train: resuming from {path} after epoch {state['epoch']}", file=sys.stderr)
+    log.info("train: resuming from %s after epoch %d", path, state["epoch"])
     return state
 
 
@@ -274,6 +275,10 @@ def train(
 
     torch.manual_seed(params.seed)
     gan = build_gan(params.model, cfg, train_set.image_size, device)
+    log.debug(
+        "train: %d training and %d validation images on %s, autocast %s, %d threads",
+        *(len(train_set), len(val_set), device, gan.amp_dtype, torch.get_num_threads()),
+    )
     loader_rng = torch.Generator().manual_seed(params.seed)
     checkpoint_path, run_fingerprint = state_dir / CHECKPOINT_NAME, fingerprint(params, shard_dir)
     state = resumable_state(checkpoint_path, run_fingerprint, cfg.epochs)
@@ -305,7 +310,7 @@ def train(
             tracking.write_plot_rows(plots_path, history)
             save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_fingerprint))
             shown = ", ".join(f"{k}={v:.4g}" for k, v in (row | speed).items() if k != "epoch")
-            print(f"epoch {epoch}: {shown}", file=sys.stderr)
+            log.info("epoch %d: %s", epoch, shown)
         tracking.write_plot_rows(plots_path, history)
         if samples_path:  # the last epoch's grid, drawn again: the same model and seed give the same picture
             write_samples(gan, val_set, cfg.sample_count, params.seed + cfg.epochs, samples_path)
