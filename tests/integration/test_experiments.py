@@ -2,6 +2,7 @@
 
 import json
 import sqlite3
+from pathlib import Path
 
 import dvc.api
 import pytest
@@ -44,6 +45,8 @@ def test_make_run_trains_evaluates_and_tracks(pipeline_repo):
     assert colorized["done"] == evaluation["test"]["images"] and colorized["failed"] == 0
     assert (root / "plots" / "contact_sheet.png").stat().st_size > 0
     assert (root / "plots" / "samples.png").stat().st_size > 0
+    # the model artifact, once a version is registered (GTO tags), as another project would find it
+    run(root, "gto", "register", "colorizer")
     assert dvc.api.artifacts_show("colorizer", repo=str(root))["path"] == "work/model"
     [mlflow_run] = mlflow_runs(root)
     assert mlflow_run.info.status == "FINISHED"
@@ -77,9 +80,11 @@ def test_exp_run_and_exp_show_side_by_side(pipeline_repo):
     rendered = run(root, "dvc", "plots", "show", "--json").stdout
     assert "train_g_l1" in rendered
     # the image plots of the baseline and the experiment, side by side
-    compared = json.loads(run(root, "dvc", "plots", "diff", "HEAD", "one-epoch", "--json").stdout)
+    compared = json.loads(run(root, "dvc", "plots", "diff", "HEAD", "one-epoch", "--json").stdout)["data"]
     for image in ("plots/samples.png", "plots/contact_sheet.png"):
-        assert sorted(entry["revisions"][0] for entry in compared[image]) == ["HEAD", "one-epoch"], image
+        images = {entry["revisions"][0]: Path(entry["url"]) for entry in compared[image]}
+        assert sorted(images) == ["HEAD", "one-epoch"], image
+        assert all(path.stat().st_size > 0 for path in images.values()), image
 
 
 def test_temp_experiment_lands_in_the_repo_store(pipeline_repo):
