@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 
 from colorizer.synthetic import colourful, synthetic_shards
 
-__all__ = ["colourful", "encode", "write_tiny_shards"]
+__all__ = ["colourful", "encode", "resize_disk", "write_tiny_shards"]
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +53,30 @@ def mlflow_store(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """make(kilobytes) -> a folder on a real file system of that size (a tmpfs), for full-disk faults.
+    Skipped, with the reason, where this process may not mount one (mounting needs root)."""
+    mounted: list[Path] = []
+
+    def make(kilobytes: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kilobytes}k", "tmpfs", str(where)], capture_output=True, text=True
+        )
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or 'mount failed'}")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def resize_disk(where: Path, kilobytes: int) -> None:
+    """Make room on (or shrink) a `small_disk`: its files stay."""
+    subprocess.run(["mount", "-o", f"remount,size={kilobytes}k", str(where)], check=True, capture_output=True)

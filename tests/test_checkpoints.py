@@ -69,3 +69,28 @@ def test_shipped_fp16_weights_load_as_fp32_and_predict_alike(exported, tmp_path)
     x = torch.rand(2, 1, 16, 16) * 2 - 1
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), generator(x), rtol=0, atol=0.02)
+
+
+def test_flipped_bits_inside_a_checkpoint_tensor_are_refused_on_resume(tmp_path):
+    """torch.load reads a stored tensor with flipped bits without complaint: the checksum catches it."""
+    import zipfile
+
+    from colorizer.checkpoints import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    weights = Generator([8, 16, 16], 16).state_dict()
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 3, "generator": weights, "history": [{"epoch": 1, "loss": 0.5}]})
+    assert load_checkpoint(path)["epoch"] == 3  # a good one loads, checksum and all
+    with zipfile.ZipFile(path) as archive:  # the biggest tensor's bytes, stored uncompressed
+        info = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        header = archive.fp
+        header.seek(info.header_offset + 26)
+        name_length, extra_length = (int.from_bytes(header.read(2), "little") for _ in range(2))
+    start = info.header_offset + 30 + name_length + extra_length
+    data = bytearray(path.read_bytes())
+    for offset in range(start + 64, start + 96):
+        data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: checksum mismatch.*delete it to start over"):
+        load_checkpoint(path)

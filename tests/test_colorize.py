@@ -24,7 +24,7 @@ from colorizer.files import is_temp_name
 from colorizer.inference import predict_in_halves
 from colorizer.lab import rgb_to_lab
 from colorizer.models import Discriminator, Generator
-from tests.conftest import colourful, encode
+from tests.conftest import colourful, encode, resize_disk
 
 
 @pytest.fixture(scope="module")
@@ -434,6 +434,40 @@ def test_a_write_that_fails_midway_leaves_no_partial_file_and_the_rerun_finishes
     with Image.open(dst / "p2.jpg") as out:
         out.load()  # decodes whole: not truncated
         assert out.size == (600, 600)
+
+
+def test_a_full_disk_loses_nothing_and_the_rerun_finishes(tmp_path, model_dir, small_disk):
+    """DST on a real file system with room for half of 28 photos: whatever is on disk is whole
+    and equals a clean run's output, the rest are failed rows (or the report says it could not be
+    written); after making room the rerun redoes exactly those."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(28):
+        Image.fromarray(colourful(400, 300, seed=i)).save(src / f"p{i:02d}.jpg", quality=95)
+    run(src, tmp_path / "clean", model_dir)
+    needed = sum(p.stat().st_size for p in (tmp_path / "clean").iterdir())
+    dst = small_disk(max(64, needed // 2048))  # kilobytes: half of what the outputs need
+    try:
+        summary = run(src, dst, model_dir)
+        rows = report(dst)
+        failed = set(rows.index[rows.status == "failed"])
+        assert failed and all(rows.loc[list(failed), "reason"].str.contains("No space left on device"))
+    except UserError as e:  # the disk was too full for the report itself: said in one line
+        assert "could not write the report" in str(e)
+        summary, failed = None, None
+    written = sorted(p.name for p in dst.iterdir() if p.suffix == ".jpg")
+    assert not [p for p in dst.iterdir() if is_temp_name(p.name)]
+    for name in written:
+        assert (dst / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name  # whole, not cut short
+    if failed is not None:
+        assert failed == {f"p{i:02d}.jpg" for i in range(28)} - set(written)
+        assert summary.count("done") == len(written)
+    resize_disk(dst, 16384)
+    run(src, dst, model_dir)
+    rows = report(dst)
+    assert (rows.status != "failed").all() and set(rows.index[rows.status == "skipped"]) == set(written)
+    for i in range(28):
+        assert (dst / f"p{i:02d}.jpg").read_bytes() == (tmp_path / "clean" / f"p{i:02d}.jpg").read_bytes()
 
 
 def test_a_model_with_nan_weights_is_refused(tmp_path, model_dir):

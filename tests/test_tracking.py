@@ -173,3 +173,31 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(monkeypatch,
     with pytest.raises(UserError, match="does not answer"):
         train(params, tiny_shards, tmp_path / "model", tmp_path / "state", tmp_path / "p.csv", tmp_path / "m.json")
     assert time.monotonic() - started < 30
+
+
+def test_a_copied_workspace_logs_artifacts_under_its_own_root(tiny_shards, tmp_path, monkeypatch):
+    import shutil
+
+    first, second = tmp_path / "repo", tmp_path / "copy"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(first))
+    run_train(tiny_params(epochs=1), tiny_shards, first / "out")
+    shutil.copytree(first, second)
+    before = sorted(p.relative_to(first) for p in (first / "mlartifacts").rglob("*"))
+    monkeypatch.setenv("DVC_ROOT", str(second))
+    run_train(tiny_params(epochs=1, lr=1.0e-3), tiny_shards, second / "out")
+    assert sorted(p.relative_to(first) for p in (first / "mlartifacts").rglob("*")) == before  # untouched
+    client = MlflowClient(f"sqlite:///{second / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
+    assert len(runs) == 2
+    for run in runs:  # the new run, and the copied one too, point into the copy
+        assert run.info.artifact_uri.startswith((second / "mlartifacts").as_uri() + "/")
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "images")]  # and find their files there
+
+
+def test_a_damaged_store_is_one_line(tiny_shards, tmp_path, mlflow_store):
+    from colorizer.config import UserError
+
+    (tmp_path / "mlflow.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 40)
+    with pytest.raises(UserError, match=r"mlflow.db: the MLflow store is damaged .*move it aside"):
+        run_train(tiny_params(epochs=1), tiny_shards, tmp_path / "out")

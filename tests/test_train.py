@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,7 +18,7 @@ from PIL import Image
 from colorizer import tracking
 from colorizer import train as train_module
 from colorizer.checkpoints import CheckpointError, load_checkpoint, load_generator, save_checkpoint
-from colorizer.config import ConfigError, parse_params
+from colorizer.config import ConfigError, UserError, parse_params
 from colorizer.devices import autocast_dtype
 from colorizer.train import CHECKPOINT_NAME, build_gan, train
 
@@ -121,6 +122,66 @@ def test_checkpoint_that_does_not_fit_the_model(tiny_shards, tmp_path, mlflow_st
         run_train(tiny_params(epochs=2), tiny_shards, tmp_path)
 
 
+def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_resumes(
+    tiny_shards, tmp_path, mlflow_store, small_disk, capsys
+):
+    from colorizer.runtime import run_entry
+
+    state = small_disk(4096)
+    root = tmp_path / "run"
+
+    def train_into_state(epochs):
+        return train(
+            tiny_params(epochs=epochs), tiny_shards, root / "model", state, root / "p.csv", root / "m.json", False
+        )
+
+    train_into_state(1)
+    checkpoint_bytes = (state / CHECKPOINT_NAME).stat().st_size
+    free = os.statvfs(state).f_bavail * os.statvfs(state).f_frsize
+    (state / "filler").write_bytes(b"x" * (free - checkpoint_bytes // 2))  # room for half a checkpoint
+    assert run_entry("train", lambda: train_into_state(2)) == 2
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("colorizer train:")]
+    assert len(error) == 1 and "No space left on device" in error[0], error
+    assert load_checkpoint(state / CHECKPOINT_NAME)["epoch"] == 1  # the last one, whole
+    assert not [p for p in state.iterdir() if p.name.startswith(f".{CHECKPOINT_NAME}")]  # no temp left
+    (state / "filler").unlink()
+    assert train_into_state(2)["epoch"] == 2  # resumed from epoch 1
+    assert pd.read_csv(root / "p.csv").epoch.tolist() == [1, 2]
+
+
+LONG_TRAINING = """
+import sys
+from pathlib import Path
+from tests.test_train import run_train, tiny_params
+run_train(tiny_params(epochs=500), Path(sys.argv[1]), Path(sys.argv[2]))
+"""
+
+
+def test_a_second_trainer_on_the_same_state_is_refused_and_says_who_holds_it(tiny_shards, tmp_path, mlflow_store):
+    repo = Path(__file__).resolve().parents[1]
+    first = subprocess.Popen(
+        [sys.executable, "-c", LONG_TRAINING, str(tiny_shards), str(tmp_path)],
+        cwd=repo,
+        env=os.environ | {"DVC_ROOT": str(tmp_path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "state" / ".trainer").exists():
+            assert first.poll() is None and time.monotonic() < deadline, (
+                first.stderr.read()[-2000:] if first.poll() else "timeout"
+            )
+            time.sleep(0.1)
+        with pytest.raises(UserError, match=rf"pid {first.pid} on .* is training on this state already"):
+            run_train(tiny_params(epochs=1), tiny_shards, tmp_path)
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    run_train(tiny_params(epochs=1), tiny_shards, tmp_path)  # the lock went with the killed process
+
+
 def test_a_crash_marks_the_run_failed(tiny_shards, tmp_path, mlflow_store, monkeypatch):
     def broken_samples(*args, **kwargs):
         raise RuntimeError("disk full")  # an injected failure in the middle of an epoch
@@ -211,9 +272,23 @@ def test_nan_in_the_shards_stops_training_with_one_clear_error(tmp_path, mlflow_
     shard[0, 1] = np.nan  # one image's a* plane
     shard.flush()
     del shard
-    with pytest.raises(UserError, match="not finite"):
+    with pytest.raises(UserError, match=r"epoch 1/1: loss .* not finite \(NaN or inf in the shards train-00000.npy"):
         run_train(tiny_params(epochs=1), shards, tmp_path)
     assert not (tmp_path / "state" / CHECKPOINT_NAME).exists() and not (tmp_path / "model").exists()
+
+
+def test_a_truncated_or_missing_shard_is_named(tmp_path, mlflow_store):
+    from colorizer.shards import LabShardDataset, ShardError
+    from colorizer.synthetic import synthetic_shards
+
+    shards = synthetic_shards(tmp_path / "data")
+    path = shards / "train-00000.npy"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ShardError, match=r"train-00000.npy: truncated or not a shard .*dvc repro shard"):
+        LabShardDataset(shards, "train")
+    path.unlink()
+    with pytest.raises(ShardError, match="train-00000.npy: shard missing"):
+        run_train(tiny_params(epochs=1), shards, tmp_path)
 
 
 def test_lr_schedule_is_constant_then_decays_linearly_like_pix2pix():

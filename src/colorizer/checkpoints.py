@@ -7,6 +7,7 @@ the generator from safetensors plus a small JSON that says how to rebuild it.
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 from collections.abc import Callable
@@ -18,11 +19,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from colorizer.config import UserError
-from colorizer.files import atomic_path, atomic_write_json
+from colorizer.files import atomic_path, atomic_write_bytes, atomic_write_json
 from colorizer.lab import AB_SCALE, L_SCALE, L_SHIFT
 from colorizer.models import Discriminator, Generator
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: with a checksum of its contents
+CHECKSUM_KEY = "checksum"
 # The model `colorizer colorize` uses without --model: trained on the corpus, shipped in the package
 # (fp16 safetensors, model.json, MODEL_CARD.md).
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -35,10 +37,46 @@ class CheckpointError(UserError, RuntimeError):
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomically. Saved through a file object: given a path, torch names the archive inside after the
-    file, and the temp file's random name would make the same state different bytes."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save({"format": CHECKPOINT_FORMAT, **state}, f)
+    """Atomically, with a checksum of everything in it that `load_checkpoint` verifies (torch.load
+    reads a tensor with flipped bits without a word). Serialised in memory, then written: torch.save
+    into a file reports a full disk as an opaque RuntimeError, and given a path it would also name
+    the archive inside after the temp file, making the same state different bytes."""
+    payload = {"format": CHECKPOINT_FORMAT, **state}
+    payload[CHECKSUM_KEY] = content_digest(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        atomic_write_bytes(path, buffer.getbuffer())
+    except OSError as e:
+        raise CheckpointError(
+            f"{path}: could not save the checkpoint ({e.strerror or e}); the previous one is kept: "
+            "make room and rerun to resume from it"
+        ) from None
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 over a checkpoint's contents: tensors by dtype, shape and bytes, other values by repr."""
+    digest = hashlib.sha256()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, dict):
+            for key in sorted(value, key=str):
+                if key != CHECKSUM_KEY:
+                    digest.update(f"<{key!r}>".encode())
+                    walk(value[key])
+        elif isinstance(value, list | tuple):
+            digest.update(f"[{len(value)}".encode())
+            for item in value:
+                walk(item)
+        elif isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            digest.update(repr(value).encode())
+
+    walk(obj)
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -53,6 +91,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT}; delete it to start over"
         )
+    if state.pop(CHECKSUM_KEY, None) != content_digest(state):
+        raise CheckpointError(f"{path}: checksum mismatch, the file is damaged; delete it to start over")
     return state
 
 

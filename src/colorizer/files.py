@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -23,10 +24,13 @@ os.umask(_UMASK)
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success rename it into place, on error remove it.
+    """Yield a temp path beside `path` for the caller to write; then flush it to the disk (fsync) and
+    rename it into place; on any error remove it.
 
-    A kill at any moment leaves either the old file or the new one, never half of one.
-    The temp name keeps `path`'s suffix (or `suffix`) so writers that pick a format by extension work.
+    A kill, a full disk or a power cut at any moment leaves either the old file or the new one,
+    never half of one. The temp name keeps `path`'s suffix (or `suffix`) so writers that pick a
+    format by extension work. (The folder itself is not synced after the rename: if power fails
+    just then the rename may be lost, leaving the old state, which a rerun redoes.)
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -37,19 +41,33 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """All of `data` written (a full disk raises OSError from write or close) before the rename.
-    No fsync: the rename protects against a killed process, which is what a resumed run must survive;
-    syncing every photo would cost colorize a few ms each for power-loss safety only."""
+def _fsync(path: Path) -> None:
+    """The file's data on the disk: a full or failing disk raises here (ENOSPC, EIO) rather than
+    after the rename, when the kernel writes the cached pages back."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """All of `data` written, flushed, synced and its size checked before the rename. Callers encode
+    to memory first: some writers (Pillow's JPEG) take a short write on a full disk for success."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
+            f.flush()
+            written = os.fstat(f.fileno()).st_size
+        if written != len(data):
+            raise OSError(errno.EIO, f"wrote {written} of {len(data)} bytes", str(path))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

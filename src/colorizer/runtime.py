@@ -17,13 +17,19 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import inspect
 import logging
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+# Errors of the storage, not of the program: a full disk or quota, a failing device, a read-only mount.
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
 
@@ -62,6 +68,22 @@ def _sigterm_as_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def stop_with_parent(period_seconds: float = 1.0) -> None:
+    """Stop this process, as SIGTERM does (a trainer keeps its checkpoint and marks its MLflow run
+    KILLED), when the process that started it dies: a `dvc repro` killed with -9 or SIGTERM would
+    otherwise leave its stage running alone while the next `dvc repro` starts a second one. A thread
+    watches the parent's pid (portable, and unlike prctl's parent-death signal it is not fooled by the
+    parent's starting thread ending)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(period_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
 def setup_logging(verbosity: int = 0) -> None:
     """How much the library's loggers (colorizer.*) show on stderr: -q (verbosity < 0) warnings and
     errors only, and no progress bars; by default also progress and each step's summary; -v debug
@@ -77,14 +99,25 @@ def setup_logging(verbosity: int = 0) -> None:
 
 
 def run_entry(name: str, work: Callable[[], int | None]) -> int:
-    """Run an entry point's work: a user's mistake (UserError, a missing file) is one line on stderr
-    and exit code 2, Ctrl-C or SIGTERM is exit code 130, anything else a traceback (a bug)."""
+    """Run an entry point's work: a user's mistake (UserError, a missing file) or a full or failing
+    disk is one line on stderr and exit code 2, Ctrl-C or SIGTERM is exit code 130, anything else a
+    traceback (a bug)."""
     from colorizer.config import UserError
 
     try:
         return work() or 0
     except (UserError, FileNotFoundError) as e:
         print(f"colorizer {name}: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in STORAGE_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"colorizer {name}: {where}{e.strerror or e}; every output written so far is complete "
+            "(written whole, then renamed): fix the storage and rerun to go on",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"colorizer {name}: interrupted", file=sys.stderr)
@@ -102,4 +135,5 @@ def stage_main(work: Callable[..., object]) -> int:
     args = parser.parse_args()
     setup_process()
     setup_logging()
+    stop_with_parent()
     return run_entry(name, lambda: work(**vars(args)))

@@ -17,7 +17,7 @@ import torch
 from numpy.lib.format import open_memmap
 from torch.utils.data import Dataset
 
-from colorizer.config import SPLITS
+from colorizer.config import SPLITS, UserError
 from colorizer.files import atomic_path, atomic_write_json, progress
 from colorizer.lab import normalize_ab, normalize_L, rgb_to_lab
 
@@ -60,6 +60,24 @@ def _write_one(rgb: np.ndarray, path: Path, split: str) -> None:
         del shard
 
 
+class ShardError(UserError):
+    """A shard that is missing, cut short or not what the index says."""
+
+
+def open_shard(path: Path, count: int, size: int) -> np.ndarray:
+    """A shard, memory-mapped, checked against the index: numpy's own errors name no file."""
+    redo = "rerun `dvc repro shard` (or `dvc checkout work/shards`)"
+    try:
+        shard = np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise ShardError(f"{path}: shard missing; {redo}") from None
+    except (ValueError, OSError, EOFError) as e:  # a cut-short file: "mmap length is greater than file size"
+        raise ShardError(f"{path}: truncated or not a shard ({e}); {redo}") from None
+    if shard.shape != (count, 3, size, size) or shard.dtype != np.float16:
+        raise ShardError(f"{path}: holds {shard.dtype}{list(shard.shape)}, the index says {count} images; {redo}")
+    return shard
+
+
 def read_index(shard_dir: Path) -> dict:
     path = Path(shard_dir) / INDEX_NAME
     if not path.is_file():
@@ -79,8 +97,16 @@ class LabShardDataset(Dataset):
         info = read_index(self.shard_dir)["splits"][split]
         self.split, self.image_size, self.ids = split, info["image_size"], info["ids"]
         self.kinds = info.get("kinds") or ["photo"] * len(self.ids)  # "photo" or "cutout", per image
-        self.shards = [np.load(self.shard_dir / s["file"], mmap_mode="r") for s in info["shards"]]
+        self.shards = [open_shard(self.shard_dir / s["file"], s["count"], self.image_size) for s in info["shards"]]
         self.offsets = np.cumsum([0] + [len(s) for s in self.shards])
+
+    def nonfinite_shards(self) -> list[str]:
+        """The shard files holding NaN or inf (read through once: only when training found a bad loss)."""
+        bad = []
+        for shard in self.shards:
+            if any(not np.isfinite(shard[i : i + 256]).all() for i in range(0, len(shard), 256)):
+                bad.append(Path(shard.filename).name)
+        return bad
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import socket
+import sqlite3
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,7 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+log = logging.getLogger(__name__)
 SERVER_PROBE_SECONDS = 10.0
 _servers_answering: set[str] = set()
 
@@ -93,6 +96,57 @@ def check_server(uri: str) -> None:
     _servers_answering.add(uri)
 
 
+# Where the default store records artifact locations (MLflow 3): the experiment's, each run's, each
+# logged model's and each registered model version's.
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+    ("model_versions", "storage_location"),
+)
+
+
+def relocate_artifacts(db_path: Path, experiment: str, here: str) -> None:
+    """A copied or moved repository brings its mlflow.db, whose experiment still names the old
+    folder's mlartifacts as its artifact location, so every later run would write there. Rewrite the
+    recorded locations under that folder to this repository's `here`. By SQL on the file: MLflow has no
+    API to change an experiment's artifact location, and this store is the repository's own file.
+    Locations the user chose (not an mlartifacts folder of ours) are left alone."""
+    if not db_path.is_file():
+        return
+    with closing(sqlite3.connect(db_path)) as db, db:
+        try:
+            row = db.execute("SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)).fetchone()
+        except sqlite3.OperationalError:  # a new, empty store: MLflow makes its tables
+            return
+        old = row[0] if row else None
+        if not old or old == here or not (old.startswith("file://") and old.endswith("/mlartifacts")):
+            return
+        for table, column in _LOCATION_COLUMNS:
+            db.execute(
+                f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                (here, len(old) + 1, len(old), old),
+            )
+    log.info("mlflow: this repository was copied or moved: artifacts now go to %s (were %s)", here, old)
+
+
+def check_store(db_path: Path) -> None:
+    """A damaged mlflow.db is one line, not MLflow's 80-line traceback from deep in SQLAlchemy."""
+    if not db_path.is_file():
+        return
+    try:
+        with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+            db.execute("PRAGMA schema_version").fetchone()
+            problem = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.DatabaseError as e:
+        problem = str(e)
+    if problem != "ok":
+        raise UserError(
+            f"{db_path}: the MLflow store is damaged ({problem}); move it aside to start a new one "
+            "(DVC's metrics and models do not depend on it)"
+        )
+
+
 def _mlflow():
     import mlflow  # slow to import: only stages that log pay for it
 
@@ -100,6 +154,9 @@ def _mlflow():
     uri = tracking_uri()
     check_server(uri)
     is_default = uri == default_tracking_uri()
+    if is_default:
+        check_store(repo_root() / "mlflow.db")
+        relocate_artifacts(repo_root() / "mlflow.db", experiment_name(), (repo_root() / "mlartifacts").as_uri())
     mlflow.set_tracking_uri(uri)
     if is_default:
         _default_uri_we_set = uri

@@ -8,19 +8,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader
 
 from colorizer import models, tracking
 from colorizer.checkpoints import export_model, load_checkpoint, load_into, save_checkpoint
 from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig, UserError
 from colorizer.devices import autocast, autocast_dtype, pick_device
-from colorizer.files import atomic_write_json, progress
+from colorizer.files import atomic_write_bytes, atomic_write_json, progress
 from colorizer.images import save_png
 from colorizer.losses import d_losses, g_losses, generator_loss
 from colorizer.models import Discriminator, Generator, build_discriminator, build_generator
@@ -159,9 +164,14 @@ def run_epoch(gan: Gan, loader: DataLoader, adversarial: bool, desc: str) -> tup
     means = {key: float(value) / steps for key, value in sums.items()}  # one sync per epoch
     broken = {key: value for key, value in means.items() if not np.isfinite(value)}
     if broken:  # NaN/inf data, or a learning rate that diverged: stop before a checkpoint keeps it
+        bad_shards = loader.dataset.nonfinite_shards()
+        cause = (
+            f"NaN or inf in the shards {', '.join(bad_shards)}: check the photos and rerun `dvc repro shard`"
+            if bad_shards
+            else "the shards are finite, so training diverged: lower train.lr"
+        )
         raise UserError(
-            f"{desc}: loss {', '.join(f'{k}={v}' for k, v in broken.items())} is not finite "
-            "(NaN or inf in the shards, or training diverged: check the data or lower train.lr); "
+            f"{desc}: loss {', '.join(f'{k}={v}' for k, v in broken.items())} is not finite ({cause}); "
             "the last good epoch's checkpoint is kept"
         )
     means.setdefault("d_real", float("nan"))  # the L1 warm-up trains no discriminator
@@ -248,6 +258,31 @@ def snapshot(gan: Gan, epoch: int, loader_rng: torch.Generator, history: list, f
     }
 
 
+@contextmanager
+def one_trainer(state_dir: Path) -> Iterator[None]:
+    """One training at a time per state folder: a second would resume from the same checkpoint into
+    the same MLflow run. An OS lock, so a killed trainer never blocks the next."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock, holder = FileLock(state_dir / ".trainer.lock", timeout=0), state_dir / ".trainer"
+    try:
+        lock.acquire()
+    except Timeout:
+        who = holder.read_text() if holder.is_file() else "another process"
+        raise UserError(
+            f"{state_dir}: {who} is training on this state already; wait for it or stop it "
+            "(one trainer per state folder)"
+        ) from None
+    try:
+        try:  # who holds it, for the message above (a full disk here is reported by what follows)
+            atomic_write_bytes(holder, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+        except OSError:
+            pass
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
 def train(
     params: Params,
     shard_dir: Path,
@@ -281,45 +316,52 @@ def train(
     )
     loader_rng = torch.Generator().manual_seed(params.seed)
     checkpoint_path, run_fingerprint = state_dir / CHECKPOINT_NAME, fingerprint(params, shard_dir)
-    state = resumable_state(checkpoint_path, run_fingerprint, cfg.epochs)
-    history: list[dict] = []
-    if state:
-        restore(gan, state, loader_rng, checkpoint_path)
-        history = list(state["history"])
-    loader = make_loader(train_set, cfg.batch_size, cfg.loader_workers, loader_rng, pin_memory=device.type == "cuda")
+    with one_trainer(state_dir):  # until the end: the model and metrics are this trainer's too
+        state = resumable_state(checkpoint_path, run_fingerprint, cfg.epochs)
+        history: list[dict] = []
+        if state:
+            restore(gan, state, loader_rng, checkpoint_path)
+            history = list(state["history"])
+        loader = make_loader(
+            train_set, cfg.batch_size, cfg.loader_workers, loader_rng, pin_memory=device.type == "cuda"
+        )
 
-    with tracking.training_run(params.model_dump(), run_fingerprint, resume=state is not None):
-        for epoch in range(len(history) + 1, cfg.epochs + 1):
-            for group in (*gan.opt_g.param_groups, *gan.opt_d.param_groups):
-                group["lr"] = lr_at(epoch, cfg)
-            started = time.perf_counter()
-            train_losses, images = run_epoch(gan, loader, epoch > cfg.l1_warmup_epochs, f"epoch {epoch}/{cfg.epochs}")
-            seconds = time.perf_counter() - started
-            val_losses = validate(gan, val_set, cfg.batch_size)
-            row = {
-                "epoch": epoch,
-                **{f"train_{k}": v for k, v in sorted(train_losses.items())},
-                **{f"val_{k}": v for k, v in sorted(val_losses.items())},
-            }
-            history.append(row)  # what DVC tracks: losses only, the same on every run
-            grid = state_dir / "samples" / f"epoch_{epoch:03d}.png"
-            write_samples(gan, val_set, cfg.sample_count, params.seed + epoch, grid)
-            speed = {"train_images_per_second": images / seconds}  # run-specific: MLflow and the console only
-            tracking.log_metrics({k: v for k, v in (row | speed).items() if k != "epoch" and np.isfinite(v)}, epoch)
-            tracking.log_image(grid, "samples", epoch)
+        with tracking.training_run(params.model_dump(), run_fingerprint, resume=state is not None):
+            for epoch in range(len(history) + 1, cfg.epochs + 1):
+                for group in (*gan.opt_g.param_groups, *gan.opt_d.param_groups):
+                    group["lr"] = lr_at(epoch, cfg)
+                started = time.perf_counter()
+                train_losses, images = run_epoch(
+                    gan, loader, epoch > cfg.l1_warmup_epochs, f"epoch {epoch}/{cfg.epochs}"
+                )
+                seconds = time.perf_counter() - started
+                val_losses = validate(gan, val_set, cfg.batch_size)
+                row = {
+                    "epoch": epoch,
+                    **{f"train_{k}": v for k, v in sorted(train_losses.items())},
+                    **{f"val_{k}": v for k, v in sorted(val_losses.items())},
+                }
+                history.append(row)  # what DVC tracks: losses only, the same on every run
+                grid = state_dir / "samples" / f"epoch_{epoch:03d}.png"
+                write_samples(gan, val_set, cfg.sample_count, params.seed + epoch, grid)
+                speed = {"train_images_per_second": images / seconds}  # run-specific: MLflow and the console only
+                tracking.log_metrics({k: v for k, v in (row | speed).items() if k != "epoch" and np.isfinite(v)}, epoch)
+                tracking.log_image(grid, "samples", epoch)
+                tracking.write_plot_rows(plots_path, history)
+                save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_fingerprint))
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in (row | speed).items() if k != "epoch")
+                log.info("epoch %d: %s", epoch, shown)
             tracking.write_plot_rows(plots_path, history)
-            save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_fingerprint))
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in (row | speed).items() if k != "epoch")
-            log.info("epoch %d: %s", epoch, shown)
-        tracking.write_plot_rows(plots_path, history)
-        if samples_path:  # the last epoch's grid, drawn again: the same model and seed give the same picture
-            write_samples(gan, val_set, cfg.sample_count, params.seed + cfg.epochs, samples_path)
-        info = export_model(model_dir, gan.generator, gan.discriminator, {"epochs": cfg.epochs, "seed": params.seed})
-        tracking.set_tags({tracking.MODEL_SHA256_TAG: info["model_sha256"]})  # how evaluate finds this run
-        if log_model:
-            from colorizer import serving  # mlflow.pyfunc: only when a model is logged
+            if samples_path:  # the last epoch's grid, drawn again: the same model and seed give the same picture
+                write_samples(gan, val_set, cfg.sample_count, params.seed + cfg.epochs, samples_path)
+            info = export_model(
+                model_dir, gan.generator, gan.discriminator, {"epochs": cfg.epochs, "seed": params.seed}
+            )
+            tracking.set_tags({tracking.MODEL_SHA256_TAG: info["model_sha256"]})  # how evaluate finds this run
+            if log_model:
+                from colorizer import serving  # mlflow.pyfunc: only when a model is logged
 
-            serving.log_model(model_dir)  # into the active run, as an image-in, image-out model
-    final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}
-    atomic_write_json(metrics_path, final)
-    return final
+                serving.log_model(model_dir)  # into the active run, as an image-in, image-out model
+        final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}
+        atomic_write_json(metrics_path, final)
+        return final
