@@ -45,6 +45,20 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_params(bad)
 
 
+def test_an_empty_params_file_is_refused_and_missing_sections_are_said(tmp_path, caplog):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(ConfigError, match="empty.yaml: empty"):
+        load_params(empty)
+    partial = tmp_path / "partial.yaml"
+    partial.write_text((REPO / "params.yaml").read_text().split("\nshowcase:")[0] + "\n")
+    assert load_params(partial).train.epochs == load_params(REPO / "params.yaml").train.epochs
+    assert "partial.yaml: no showcase section: using the built-in defaults for it" in caplog.text
+    caplog.clear()
+    load_params(REPO / "params.yaml")
+    assert "built-in defaults" not in caplog.text  # the repository's file has every section
+
+
 def test_floats_written_as_pyyaml_strings_still_parse(tmp_path):
     # PyYAML reads 2e-4 as the string "2e-4"; the typed config still turns it into the float DVC sees.
     raw = yaml.safe_load("fetch:\n  min_chroma: 2e-4\n")

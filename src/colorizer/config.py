@@ -7,6 +7,7 @@ nanoGPT's GPTConfig does) so that the data stages can validate params without im
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -205,8 +206,16 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}".replace("\n", " ")) from None
-    if raw is not None and not isinstance(raw, dict):
+    if raw is None:
+        raise ConfigError(f"{path}: empty (start from the repository's params.yaml)")
+    if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    missing = [name for name in Params.model_fields if name not in raw]
+    if missing:  # said, not silent: the built-in defaults are the design document's full-size settings
+        logging.getLogger(__name__).warning(
+            "%s: no %s section%s: using the built-in defaults for %s",
+            *(path, ", ".join(missing), "s" if len(missing) > 1 else "", "them" if len(missing) > 1 else "it"),
+        )
     return parse_params(raw, str(path))
 
 

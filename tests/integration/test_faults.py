@@ -56,9 +56,8 @@ def test_killing_dvc_stops_its_trainer_and_the_next_repro_resumes(tmp_path):
     assert killed.info.status == "KILLED"  # closed by the trainer itself on its way out
     epochs_done = len(list((state / "samples").glob("epoch_*.png")))
     assert 1 <= epochs_done < 10
-    set_params(
-        root, train={"epochs": 10}
-    )  # fewer epochs: the same training, resumed (epochs is not in its fingerprint)
+    # fewer epochs: the same training, resumed (the epoch count is not part of its fingerprint)
+    set_params(root, train={"epochs": 10})
     resumed = run(root, "dvc", "repro", "train")
     assert "resuming from" in resumed.stderr + resumed.stdout
     runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
