@@ -491,6 +491,31 @@ def test_a_model_with_nan_weights_is_refused(tmp_path, model_dir):
     assert not (tmp_path / "dst" / "a.png").exists()
 
 
+def test_finite_weights_that_predict_nan_fail_each_photo_and_write_nothing(tmp_path, model_dir):
+    """Weights that load (finite, the right sha256) but overflow to inf - inf = NaN inside the network."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from colorizer.checkpoints import GENERATOR_FILE, MODEL_INFO_FILE, sha256_of
+
+    broken = tmp_path / "model"
+    shutil.copytree(model_dir, broken)
+    tensors = load_file(str(broken / GENERATOR_FILE))
+    for name in [name for name, t in tensors.items() if t.dim() == 4]:  # every convolution's weights
+        tensors[name] = tensors[name] * 1e20  # finite, but the activations overflow within a few layers
+    save_file(tensors, str(broken / GENERATOR_FILE))
+    info = json.loads((broken / MODEL_INFO_FILE).read_text())
+    (broken / MODEL_INFO_FILE).write_text(json.dumps(info | {"model_sha256": sha256_of(broken / GENERATOR_FILE)}))
+    (tmp_path / "src").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(grey(40, 30)).save(tmp_path / "src" / name)
+    run(tmp_path / "src", tmp_path / "dst", broken, precision="fp32")
+    rows = report(tmp_path / "dst")
+    assert (rows.status == "failed").all() and rows.reason.str.contains("prediction is not finite").all()
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [REPORT_NAME]
+
+
 def test_a_single_photo_is_a_valid_src(tmp_path, model_dir):
     Image.fromarray(grey(40, 30)).save(tmp_path / "scan.png")
     run(tmp_path / "scan.png", tmp_path / "out", model_dir)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from colorizer.checkpoints import PRETRAINED_DIR
@@ -55,6 +56,7 @@ REPORT_COLUMNS = ["path", "status", "reason", "width", "height", "seconds"]
 # them outright on a machine that other jobs keep busy.)
 WORKER_NICE = 19
 WORKER_KINDS = typing.get_args(ColorizeOptions.model_fields["worker_kind"].annotation)
+NOT_FINITE = "model error: the prediction is not finite (NaN or inf): the model is damaged or diverged"
 PreparedItem = tuple[Job, Prepared | Outcome | Exception]  # a job and what `prepare` made of it
 
 
@@ -168,6 +170,8 @@ def predict_batches(
         for (job, photo), ab in zip(batch, results, strict=True):
             if isinstance(ab, Exception):
                 summary.record(job, Outcome("failed", f"model error: {str(ab)[:200]}", photo.width, photo.height))
+            elif not np.isfinite(ab).all():  # a damaged model that still loads: never written as done
+                summary.record(job, Outcome("failed", NOT_FINITE, photo.width, photo.height))
             else:
                 yield Prediction(job, ab, photo.decoded, photo.seconds + share)
 

@@ -56,4 +56,6 @@ def colorize_image(runner: ModelRunner, data: bytes, fmt: str = "PNG", quality: 
     the model at its size): what the MLflow model serves. Raises RejectedImage for a file it can't read."""
     decoded = decode(data, ColorizeOptions().max_pixels)
     ab_small = runner.predict(model_input(decoded, runner.size)[None])[0]
+    if not np.isfinite(ab_small).all():
+        raise ValueError("the prediction is not finite (NaN or inf): the model is damaged or diverged")
     return encode_colorized(recombine(decoded, ab_small), fmt, quality, decoded, runner.description)
