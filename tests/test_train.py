@@ -105,6 +105,14 @@ def test_other_params_start_over(tiny_shards, tmp_path, mlflow_store, caplog):
     assert pd.read_csv(tmp_path / "plots.csv").epoch.tolist() == [1]
 
 
+def test_a_checkpoint_of_an_older_format_starts_over(tiny_shards, tmp_path, mlflow_store, caplog):
+    caplog.set_level(logging.INFO, logger="colorizer")
+    (tmp_path / "state").mkdir()
+    torch.save({"format": 1, "epoch": 1}, tmp_path / "state" / CHECKPOINT_NAME)  # as the previous version wrote
+    assert run_train(tiny_params(epochs=1), tiny_shards, tmp_path)["epoch"] == 1
+    assert "written by an older version (format 1); starting over" in caplog.text
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tiny_shards, tmp_path, mlflow_store):
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / CHECKPOINT_NAME).write_bytes(b"PK\x03\x04 not really a checkpoint")

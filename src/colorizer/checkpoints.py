@@ -36,6 +36,10 @@ class CheckpointError(UserError, RuntimeError):
     """A checkpoint or model file that can't be used; the message says which file and what to do."""
 
 
+class OutdatedCheckpoint(CheckpointError):
+    """A whole checkpoint of an older format: its training code has changed too, so it starts over."""
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomically, with a checksum of everything in it that `load_checkpoint` verifies (torch.load
     reads a tensor with flipped bits without a word). Serialised in memory, then written: torch.save
@@ -86,8 +90,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: corrupt or not a checkpoint ({type(e).__name__}: {str(e)[:120]}); delete it to start over"
         ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    found = state.get("format") if isinstance(state, dict) else type(state).__name__
+    if isinstance(found, int) and 0 < found < CHECKPOINT_FORMAT:
+        raise OutdatedCheckpoint(f"{path}: written by an older version (format {found})")
+    if found != CHECKPOINT_FORMAT:
         raise CheckpointError(
             f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT}; delete it to start over"
         )

@@ -22,7 +22,7 @@ from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader
 
 from colorizer import models, tracking
-from colorizer.checkpoints import export_model, load_checkpoint, load_into, save_checkpoint
+from colorizer.checkpoints import OutdatedCheckpoint, export_model, load_checkpoint, load_into, save_checkpoint
 from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig, UserError
 from colorizer.devices import autocast, autocast_dtype, pick_device
 from colorizer.files import atomic_write_bytes, atomic_write_json, progress
@@ -219,7 +219,11 @@ def fingerprint(params: Params, shard_dir: Path) -> str:
 def resumable_state(path: Path, expected_fingerprint: str, epochs: int) -> dict | None:
     if not path.is_file():
         return None
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except OutdatedCheckpoint as e:
+        log.info("train: %s; starting over", e)
+        return None
     if state.get("fingerprint") != expected_fingerprint:
         log.info("train: %s was made with other params or data; starting over", path)
         return None
