@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import mlflow.models
 import numpy as np
@@ -15,6 +16,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from colorizer import serving, tracking
+from colorizer.checkpoints import load_checkpoint
 from colorizer.colorize import colorize
 from colorizer.config import ColorizeOptions
 from tests.conftest import colourful, encode
@@ -110,9 +112,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
+def start_server(store: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on 127.0.0.1:port with its SQLite store and artifacts under `store`."""
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     server = subprocess.Popen(
         [
@@ -125,9 +126,9 @@ def mlflow_server(tmp_path):
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            f"sqlite:///{store / 'server.db'}",
             "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
+            str(store / "server-artifacts"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -135,12 +136,75 @@ def mlflow_server(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     wait_until_up(f"{url}/health", server, seconds=90)
-    yield url
+    return server, url
+
+
+def stop_server(server: subprocess.Popen) -> None:
     server.terminate()
     try:
         server.wait(timeout=10)
     except subprocess.TimeoutExpired:
         server.kill()
+        server.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server, url = start_server(tmp_path, free_port())
+    yield url
+    stop_server(server)
+
+
+TRAIN_UNTIL_STOPPED = """
+import sys
+from pathlib import Path
+from colorizer.runtime import run_entry
+from tests.test_train import run_train, tiny_params
+sys.exit(run_entry("train", lambda: run_train(tiny_params(epochs=500), Path(sys.argv[1]), Path(sys.argv[2]))))
+"""
+
+
+def test_a_server_that_stops_mid_training_is_one_line_and_the_rerun_continues_its_run(
+    tiny_shards, tmp_path, monkeypatch
+):
+    port = free_port()
+    server, url = start_server(tmp_path, port)
+    environment = os.environ | {"MLFLOW_TRACKING_URI": url, "DVC_ROOT": str(tmp_path)}
+    trainer = subprocess.Popen(
+        [sys.executable, "-c", TRAIN_UNTIL_STOPPED, str(tiny_shards), str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "state" / "checkpoint.pt").exists():
+            assert trainer.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.1)
+        stop_server(server)
+        started = time.monotonic()
+        code = trainer.wait(timeout=120)
+    finally:
+        trainer.kill()
+    errors = trainer.stderr.read()
+    assert code == 2 and time.monotonic() - started < 30, errors[-2000:]
+    lines = [line for line in errors.splitlines() if line.startswith("colorizer train:")]
+    assert len(lines) == 1 and "the tracking server does not answer" in lines[0] and "Traceback" not in errors
+    kept = load_checkpoint(tmp_path / "state" / "checkpoint.pt")["epoch"]
+
+    server, url = start_server(tmp_path, port)  # the same store, back up
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+        run_train(tiny_params(epochs=kept + 1), tiny_shards, tmp_path)
+        client = MlflowClient(url)
+        [run] = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
+        assert run.info.status == "FINISHED"  # the same run, continued and closed
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")][-1] == kept + 1
+    finally:
+        stop_server(server)
 
 
 def test_training_logs_through_a_real_mlflow_server(tiny_shards, tmp_path, mlflow_server, monkeypatch):

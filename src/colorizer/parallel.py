@@ -129,8 +129,9 @@ INLINE = InlineExecutor()
 class OrderedMap(Generic[T, R]):
     """`fn` over `items` on an executor, with results in the items' order and at most `window` tasks
     in flight, so that memory stays bounded however many items come (Executor.map submits them all
-    at once). Iterating gives (item, result) pairs, as soon as the oldest task is done; the result is
-    the exception itself where `fn` raised, so that one bad item never ends the run."""
+    at once). Iterating gives (item, result) pairs in order, each once `window` tasks are queued behind
+    it (and at the end, the rest); the result is the exception itself where `fn` raised, so that one
+    bad item never ends the run."""
 
     def __init__(self, executor: Executor, fn: Callable[[T], R], items: Iterable[T], window: int):
         self.executor, self.fn, self.items, self.window = executor, fn, items, max(1, window)
@@ -139,7 +140,10 @@ class OrderedMap(Generic[T, R]):
     def __iter__(self) -> Iterator[tuple[T, R | Exception]]:
         for item in self.items:
             self.in_flight.append((item, self.executor.submit(self.fn, item)))
-            while self.in_flight and (self.in_flight[0][1].done() or len(self.in_flight) > self.window):
+            # Only a full window is drained: taking results as soon as they are done would hand them on
+            # early and leave the workers less queued work while the caller is busy (colorize's model
+            # runs a batch). (Side by side on 2 cores the difference was within the noise.)
+            while len(self.in_flight) > self.window:
                 yield self._take_oldest()
         while self.in_flight:
             yield self._take_oldest()

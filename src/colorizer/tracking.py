@@ -73,13 +73,17 @@ def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 log = logging.getLogger(__name__)
 SERVER_PROBE_SECONDS = 10.0
-_servers_answering: set[str] = set()
+
+
+class TrackingUnavailable(UserError):
+    """The tracking server does not answer."""
 
 
 def check_server(uri: str) -> None:
-    """A tracking server that does not answer is one line at once, not minutes of MLflow's retries
-    followed by a traceback. Asks its /health endpoint (every `mlflow server` has one), once per process."""
-    if not uri.startswith(("http://", "https://")) or uri in _servers_answering:
+    """A tracking server that does not answer is one line within seconds, not minutes of MLflow's
+    retries followed by a traceback. Asks its /health endpoint (every `mlflow server` has one) before
+    each use, so a server that stops mid-training is noticed at the next epoch's logging too."""
+    if not uri.startswith(("http://", "https://")):
         return
     import urllib.error
     import urllib.request
@@ -89,11 +93,11 @@ def check_server(uri: str) -> None:
             pass
     except (urllib.error.URLError, OSError) as e:
         reason = getattr(e, "reason", e)
-        raise UserError(
-            f"MLFLOW_TRACKING_URI={uri}: the tracking server does not answer ({reason}); "
-            "start it, or unset MLFLOW_TRACKING_URI to log to the repository's mlflow.db"
+        raise TrackingUnavailable(
+            f"MLFLOW_TRACKING_URI={uri}: the tracking server does not answer ({reason}); start it, or unset "
+            "MLFLOW_TRACKING_URI to log to the repository's mlflow.db (a training stopped by this keeps "
+            "its checkpoint: rerun to resume it, in the same MLflow run)"
         ) from None
-    _servers_answering.add(uri)
 
 
 # Where the default store records artifact locations (MLflow 3): the experiment's, each run's, each
@@ -157,6 +161,11 @@ def _mlflow():
     if is_default:
         check_store(repo_root() / "mlflow.db")
         relocate_artifacts(repo_root() / "mlflow.db", experiment_name(), (repo_root() / "mlartifacts").as_uri())
+    if uri.startswith(("http://", "https://")):
+        # MLflow retries a failed request 7 times with growing pauses (minutes in all) before it
+        # raises; a few seconds tell a server that went away (unless the user set these).
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     mlflow.set_tracking_uri(uri)
     if is_default:
         _default_uri_we_set = uri
@@ -243,13 +252,29 @@ def training_run(params: dict[str, Any], fingerprint: str, resume: bool) -> Iter
             mlflow.log_params(flatten(params))
         mlflow.set_tags(run_tags() | {FINGERPRINT_TAG: fingerprint, OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"})
         yield run.info.run_id
+    except TrackingUnavailable:
+        _leave_run_open()
+        raise
     except KeyboardInterrupt:
         mlflow.end_run("KILLED")
         raise
     except BaseException:
+        try:  # an MLflow call that failed because the server went away while it ran
+            check_server(tracking_uri())
+        except TrackingUnavailable as gone:
+            _leave_run_open()
+            raise gone from None
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run("FINISHED")
+
+
+def _leave_run_open() -> None:
+    """The server is gone, so the run can't be closed: the resumed training continues it (it is found
+    by its fingerprint). MLflow still tries to end it at exit: make that attempt fail at once instead
+    of retrying for minutes."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
