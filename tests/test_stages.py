@@ -46,7 +46,7 @@ def stages() -> dict:
 
 def test_each_stage_lists_exactly_the_library_modules_it_imports():
     for name, stage in stages().items():
-        script = re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+        script = re.search(r"(?:python|torchrun)\b.*?(stages/\S+\.py)", stage["cmd"]).group(1)
         listed = {dep for dep in stage["deps"] if isinstance(dep, str)}
         assert script in listed, f"{name}: its script {script} is not a dep"
         expected = {f"src/colorizer/{module}.py" for module in modules_run_by(ROOT / script)}
@@ -59,7 +59,7 @@ def test_each_stage_lists_exactly_the_library_modules_it_imports():
 
 def test_each_stage_script_is_named_after_its_stage_and_function():
     for name, stage in stages().items():
-        script = ROOT / re.search(r"python (stages/\S+\.py)", stage["cmd"]).group(1)
+        script = ROOT / re.search(r"(?:python|torchrun)\b.*?(stages/\S+\.py)", stage["cmd"]).group(1)
         assert script.stem == name
         tree = ast.parse(script.read_text())
         functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]

@@ -101,7 +101,7 @@ def test_other_params_start_over(tiny_shards, tmp_path, mlflow_store, caplog):
     caplog.set_level(logging.INFO, logger="colorizer")
     run_train(tiny_params(epochs=1), tiny_shards, tmp_path)
     run_train(tiny_params(epochs=1, lr=1.0e-3), tiny_shards, tmp_path)
-    assert "other params or data; starting over" in caplog.text
+    assert "other params, data or number of ranks; starting over" in caplog.text
     assert pd.read_csv(tmp_path / "plots.csv").epoch.tolist() == [1]
 
 

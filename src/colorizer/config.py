@@ -133,6 +133,8 @@ class TrainConfig(Section):
     threads: int = Field(0, ge=0)  # 0: torch's default (one per core)
     loader_workers: int = Field(0, ge=0)
     sample_count: int = Field(7, gt=0)
+    nproc_per_node: int = Field(1, ge=1)  # torchrun ranks on this machine (the train stage's command)
+    sync_batchnorm: bool = False  # CUDA only: BatchNorm statistics over all ranks' batches
 
     @model_validator(mode="after")
     def _decay_within_training(self) -> TrainConfig:

@@ -71,17 +71,42 @@ def _sigterm_as_interrupt(signum, frame):
 def stop_with_parent(period_seconds: float = 1.0) -> None:
     """Stop this process, as SIGTERM does (a trainer keeps its checkpoint and marks its MLflow run
     KILLED), when the process that started it dies: a `dvc repro` killed with -9 or SIGTERM would
-    otherwise leave its stage running alone while the next `dvc repro` starts a second one. A thread
-    watches the parent's pid (portable, and unlike prctl's parent-death signal it is not fooled by the
-    parent's starting thread ending)."""
+    otherwise leave its stage running alone while the next `dvc repro` starts a second one. Under
+    torchrun the parent is torchrun's agent, which outlives dvc: then dvc (the agent's parent) is
+    watched too. A thread polls the pids (portable, and unlike prctl's parent-death signal it is not
+    fooled by the parent's starting thread ending)."""
     parent = os.getppid()
+    also = [p for p in [_parent_of(parent)] if p and p > 1] if "TORCHELASTIC_RUN_ID" in os.environ else []
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while os.getppid() == parent and all(_alive(pid) for pid in also):
             time.sleep(period_seconds)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None  # not Linux, or gone
+
+
+def _alive(pid: int) -> bool:
+    """Running: not gone, and not a zombie (dead, its exit status not yet collected)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc: ask the kernel
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
 
 
 def setup_logging(verbosity: int = 0) -> None:

@@ -12,19 +12,29 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from colorizer import models, tracking
 from colorizer.checkpoints import OutdatedCheckpoint, export_model, load_checkpoint, load_into, save_checkpoint
 from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig, UserError
 from colorizer.devices import autocast, autocast_dtype, pick_device
+from colorizer.distributed import (
+    ONE_PROCESS,
+    World,
+    barrier,
+    mean_over_ranks,
+    process_group,
+    rank_device,
+    unwrap,
+    world_from_env,
+)
 from colorizer.files import atomic_write_bytes, atomic_write_json, progress
 from colorizer.images import save_png
 from colorizer.losses import d_losses, g_losses, generator_loss
@@ -54,8 +64,14 @@ class Gan:
         tensor = tensor.to(self.device, non_blocking=True)
         return tensor.contiguous(memory_format=torch.channels_last) if self.channels_last else tensor
 
-    def judge(self, L: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-        return self.discriminator(torch.cat([L, ab.to(L.dtype)], dim=1)).float()  # (B, 1, H/16, W/16) logits
+    def judge(self, L: torch.Tensor, ab: torch.Tensor, discriminator: torch.nn.Module | None = None) -> torch.Tensor:
+        discriminator = discriminator or self.discriminator
+        return discriminator(torch.cat([L, ab.to(L.dtype)], dim=1)).float()  # (B, 1, H/16, W/16) logits
+
+    def unwrapped(self) -> Gan:
+        """The models without their DistributedDataParallel wrappers: what rank 0 validates, samples,
+        checkpoints and exports with (a DDP forward on one rank alone would wait for the others)."""
+        return replace(self, generator=unwrap(self.generator), discriminator=unwrap(self.discriminator))
 
     # Steps return detached 0-dim tensors, not floats: a float would force a device sync every step.
     def d_step(self, L: torch.Tensor, ab: torch.Tensor, fake_ab: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -77,7 +93,9 @@ class Gan:
         fake_logits = None
         if adversarial:
             with self.autocast():
-                fake_logits = self.judge(L, fake_ab)
+                # D past its DDP wrapper: D's weights get no gradient here, so there is nothing to
+                # reduce, and a DDP forward without a matching backward would stall the next one.
+                fake_logits = self.judge(L, fake_ab, unwrap(self.discriminator))
         losses = g_losses(fake_logits, fake_ab, ab)
         generator_loss(losses, self.l1_lambda).backward()
         self.opt_g.step()
@@ -116,6 +134,22 @@ def build_gan(model_cfg: ModelConfig, cfg: TrainConfig, image_size: int, device:
     )
 
 
+def distribute(gan: Gan, world: World, sync_batchnorm: bool) -> Gan:
+    """Both models in DistributedDataParallel for a world of several ranks (after channels-last and
+    after a resume's weights are in: DDP starts every rank from rank 0's). BatchNorm stays per rank
+    unless `sync_batchnorm` (CUDA only). A world of one is returned as it is."""
+    if not world.distributed:
+        return gan
+    from torch.nn.parallel import DistributedDataParallel
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        if sync_batchnorm:  # keeps the same Parameter objects, so the optimizers still hold them
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return DistributedDataParallel(module, device_ids=[gan.device.index] if gan.device.type == "cuda" else None)
+
+    return replace(gan, generator=wrap(gan.generator), discriminator=wrap(gan.discriminator))
+
+
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
     """pix2pix's schedule: train.lr, then over the last lr_decay_epochs a linear decay (the last epoch
     trains at lr / (lr_decay_epochs + 1)). A function of the epoch alone, so a resume needs no state."""
@@ -136,11 +170,22 @@ def make_loader(
     generator: torch.Generator | None,
     shuffle: bool = True,
     pin_memory: bool = False,
+    world: World = ONE_PROCESS,
+    seed: int = 0,
 ) -> DataLoader:
+    """Batches of `batch_size` (per rank). Several ranks each take their own share of every epoch's
+    shuffle (DistributedSampler, seeded; call `loader.sampler.set_epoch(epoch)`); one rank shuffles
+    with `generator`, as it always has."""
+    sampler = None
+    if world.distributed:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world.size, rank=world.rank, shuffle=shuffle, seed=seed, drop_last=True
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         drop_last=shuffle,
         generator=generator,
         num_workers=workers,
@@ -150,18 +195,21 @@ def make_loader(
     )
 
 
-def run_epoch(gan: Gan, loader: DataLoader, adversarial: bool, desc: str) -> tuple[dict[str, float], int]:
+def run_epoch(
+    gan: Gan, loader: DataLoader, adversarial: bool, desc: str, world: World = ONE_PROCESS
+) -> tuple[dict[str, float], int]:
+    """One pass; the mean losses over all ranks' steps, and the images this rank saw."""
     gan.generator.train()
     gan.discriminator.train()
     sums: dict[str, torch.Tensor] = {}
     images = 0
-    for L, ab in progress(loader, desc=desc, total=len(loader), unit="batch"):
+    for L, ab in progress(loader, desc=desc, total=len(loader), unit="batch") if world.is_main else loader:
         losses = gan.train_step(gan.to_device(L), gan.to_device(ab), adversarial)
         for key, value in losses.items():
             sums[key] = sums.get(key, 0) + value
         images += len(L)
     steps = max(len(loader), 1)
-    means = {key: float(value) / steps for key, value in sums.items()}  # one sync per epoch
+    means = {key: total / steps for key, total in mean_over_ranks(sums, world).items()}  # one sync per epoch
     broken = {key: value for key, value in means.items() if not np.isfinite(value)}
     if broken:  # NaN/inf data, or a learning rate that diverged: stop before a checkpoint keeps it
         bad_shards = loader.dataset.nonfinite_shards()
@@ -201,9 +249,10 @@ def write_samples(gan: Gan, dataset: LabShardDataset, count: int, seed: int, pat
     save_png(path, sample_grid(L, fake, ab))
 
 
-def fingerprint(params: Params, shard_dir: Path) -> str:
+def fingerprint(params: Params, shard_dir: Path, world_size: int = 1) -> str:
     """What a checkpoint must share with this run to be resumed: params but the epoch count, the data,
-    and the code of the model and the loop (a fixed bug must not be resumed past)."""
+    the code of the model and the loop (a fixed bug must not be resumed past), and the number of ranks
+    (another splits every batch and epoch differently)."""
     train = params.train.model_dump(exclude={"epochs", "loader_workers", "threads", "sample_count"})
     code = hashlib.sha256(Path(__file__).read_bytes() + Path(models.__file__).read_bytes()).hexdigest()
     payload = {
@@ -212,25 +261,26 @@ def fingerprint(params: Params, shard_dir: Path) -> str:
         "train": train,
         "code": code,
         "data": hashlib.sha256(json.dumps(read_index(shard_dir), sort_keys=True).encode()).hexdigest(),
+        "world_size": world_size,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
 
 
-def resumable_state(path: Path, expected_fingerprint: str, epochs: int) -> dict | None:
+def resumable_state(path: Path, expected_fingerprint: str, epochs: int, say=log.info) -> dict | None:
     if not path.is_file():
         return None
     try:
         state = load_checkpoint(path)
     except OutdatedCheckpoint as e:
-        log.info("train: %s; starting over", e)
+        say("train: %s; starting over", e)
         return None
     if state.get("fingerprint") != expected_fingerprint:
-        log.info("train: %s was made with other params or data; starting over", path)
+        say("train: %s was made with other params, data or number of ranks; starting over", path)
         return None
     if state["epoch"] > epochs:
-        log.info("train: %s is past epoch %d already; starting over", path, epochs)
+        say("train: %s is past epoch %d already; starting over", path, epochs)
         return None
-    log.info("train: resuming from %s after epoch %d", path, state["epoch"])
+    say("train: resuming from %s after epoch %d", path, state["epoch"])
     return state
 
 
@@ -298,12 +348,27 @@ def train(
     samples_path: Path | None = None,
 ) -> dict:
     """Train (or resume) and export the generator; returns the last epoch's losses. `samples_path`:
-    where the final model's sample grid goes (an image plot that `dvc plots diff` sets side by side)."""
-    cfg = params.train
-    if cfg.threads:
+    where the final model's sample grid goes (an image plot that `dvc plots diff` sets side by side).
+
+    Under torchrun with several ranks (train.nproc_per_node) each rank trains on its share of every
+    batch (train.batch_size is the global batch); rank 0 alone validates, logs, checkpoints and
+    exports, and the others return {}."""
+    cfg, world = params.train, world_from_env()
+    if cfg.threads:  # per rank: torchrun's OMP_NUM_THREADS=1 for several ranks is kept unless this is set
         torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device, "train.device")
+    device = rank_device(world, pick_device(cfg.device, "train.device"))
+    if cfg.sync_batchnorm and device.type != "cuda":
+        raise ConfigError(
+            "params.yaml: train.sync_batchnorm: SyncBatchNorm needs CUDA (torch 2.13 refuses it on the CPU); "
+            "set it to false"
+        )
     train_set, val_set = LabShardDataset(shard_dir, "train"), LabShardDataset(shard_dir, "val")
+    rank_batch = cfg.batch_size // world.size
+    if rank_batch < 2:
+        raise ConfigError(
+            f"params.yaml: train.batch_size: {cfg.batch_size} over {world.size} ranks leaves fewer than 2 "
+            "images per rank (BatchNorm needs 2): raise it or lower train.nproc_per_node"
+        )
     if len(train_set) < cfg.batch_size:
         raise ConfigError(
             f"params.yaml: train.batch_size: {cfg.batch_size} is more than the "
@@ -311,61 +376,145 @@ def train(
         )
     if len(val_set) == 0:
         raise ConfigError("params.yaml: fetch.split.val: no validation photos (add photos or raise it)")
-
-    torch.manual_seed(params.seed)
-    gan = build_gan(params.model, cfg, train_set.image_size, device)
-    log.debug(
-        "train: %d training and %d validation images on %s, autocast %s, %d threads",
-        *(len(train_set), len(val_set), device, gan.amp_dtype, torch.get_num_threads()),
-    )
-    loader_rng = torch.Generator().manual_seed(params.seed)
-    checkpoint_path, run_fingerprint = state_dir / CHECKPOINT_NAME, fingerprint(params, shard_dir)
-    with one_trainer(state_dir):  # until the end: the model and metrics are this trainer's too
-        state = resumable_state(checkpoint_path, run_fingerprint, cfg.epochs)
-        history: list[dict] = []
-        if state:
-            restore(gan, state, loader_rng, checkpoint_path)
-            history = list(state["history"])
-        loader = make_loader(
-            train_set, cfg.batch_size, cfg.loader_workers, loader_rng, pin_memory=device.type == "cuda"
+    say = log.info if world.is_main else log.debug
+    if cfg.batch_size % world.size and world.is_main:
+        log.warning(
+            "train: train.batch_size %d does not divide over %d ranks: each takes %d (%d in all)",
+            *(cfg.batch_size, world.size, rank_batch, rank_batch * world.size),
         )
 
-        with tracking.training_run(params.model_dump(), run_fingerprint, resume=state is not None):
-            for epoch in range(len(history) + 1, cfg.epochs + 1):
-                for group in (*gan.opt_g.param_groups, *gan.opt_d.param_groups):
-                    group["lr"] = lr_at(epoch, cfg)
-                started = time.perf_counter()
-                train_losses, images = run_epoch(
-                    gan, loader, epoch > cfg.l1_warmup_epochs, f"epoch {epoch}/{cfg.epochs}"
+    with process_group(world, device):
+        torch.manual_seed(params.seed)
+        gan = build_gan(params.model, cfg, train_set.image_size, device)
+        log.debug(
+            "train: rank %d of %d, %d training and %d validation images on %s, autocast %s, %d threads",
+            *(world.rank, world.size, len(train_set), len(val_set), device, gan.amp_dtype, torch.get_num_threads()),
+        )
+        with one_trainer(state_dir) if world.is_main else nullcontext():  # until the end: model and metrics too
+            return _train(
+                params,
+                gan,
+                world,
+                train_set,
+                val_set,
+                rank_batch,
+                say,
+                shard_dir,
+                model_dir,
+                state_dir,
+                plots_path,
+                metrics_path,
+                log_model,
+                samples_path,
+            )
+
+
+def _train(
+    params,
+    gan,
+    world,
+    train_set,
+    val_set,
+    rank_batch,
+    say,
+    shard_dir,
+    model_dir,
+    state_dir,
+    plots_path,
+    metrics_path,
+    log_model,
+    samples_path,
+) -> dict:
+    cfg = params.train
+    loader_rng = torch.Generator().manual_seed(params.seed)
+    checkpoint_path = state_dir / CHECKPOINT_NAME
+    run_fingerprint = fingerprint(params, shard_dir, world.size)
+    state = resumable_state(checkpoint_path, run_fingerprint, cfg.epochs, say)
+    history: list[dict] = []
+    if state:
+        restore(gan, state, loader_rng, checkpoint_path)
+        history = list(state["history"])
+    gan = distribute(gan, world, cfg.sync_batchnorm)
+    rank0 = gan.unwrapped()
+    pin_memory = gan.device.type == "cuda"
+    loader = make_loader(train_set, rank_batch, cfg.loader_workers, loader_rng, True, pin_memory, world, params.seed)
+
+    tracked = tracking.training_run(params.model_dump(), run_fingerprint, resume=state is not None)
+    with tracked if world.is_main else nullcontext():
+        for epoch in range(len(history) + 1, cfg.epochs + 1):
+            for group in (*gan.opt_g.param_groups, *gan.opt_d.param_groups):
+                group["lr"] = lr_at(epoch, cfg)
+            if world.distributed:
+                loader.sampler.set_epoch(epoch)
+            started = time.perf_counter()
+            adversarial = epoch > cfg.l1_warmup_epochs
+            train_losses, images = run_epoch(gan, loader, adversarial, f"epoch {epoch}/{cfg.epochs}", world)
+            seconds = time.perf_counter() - started
+            if world.is_main:
+                end_epoch(
+                    params,
+                    rank0,
+                    val_set,
+                    epoch,
+                    train_losses,
+                    images * world.size / seconds,
+                    history,
+                    state_dir,
+                    plots_path,
+                    checkpoint_path,
+                    loader_rng,
+                    run_fingerprint,
                 )
-                seconds = time.perf_counter() - started
-                val_losses = validate(gan, val_set, cfg.batch_size)
-                row = {
-                    "epoch": epoch,
-                    **{f"train_{k}": v for k, v in sorted(train_losses.items())},
-                    **{f"val_{k}": v for k, v in sorted(val_losses.items())},
-                }
-                history.append(row)  # what DVC tracks: losses only, the same on every run
-                grid = state_dir / "samples" / f"epoch_{epoch:03d}.png"
-                write_samples(gan, val_set, cfg.sample_count, params.seed + epoch, grid)
-                speed = {"train_images_per_second": images / seconds}  # run-specific: MLflow and the console only
-                tracking.log_metrics({k: v for k, v in (row | speed).items() if k != "epoch" and np.isfinite(v)}, epoch)
-                tracking.log_image(grid, "samples", epoch)
-                tracking.write_plot_rows(plots_path, history)
-                save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_fingerprint))
-                shown = ", ".join(f"{k}={v:.4g}" for k, v in (row | speed).items() if k != "epoch")
-                log.info("epoch %d: %s", epoch, shown)
+            barrier(world)  # the others wait while rank 0 validates and saves
+        if world.is_main:
             tracking.write_plot_rows(plots_path, history)
             if samples_path:  # the last epoch's grid, drawn again: the same model and seed give the same picture
-                write_samples(gan, val_set, cfg.sample_count, params.seed + cfg.epochs, samples_path)
+                write_samples(rank0, val_set, cfg.sample_count, params.seed + cfg.epochs, samples_path)
             info = export_model(
-                model_dir, gan.generator, gan.discriminator, {"epochs": cfg.epochs, "seed": params.seed}
+                model_dir, rank0.generator, rank0.discriminator, {"epochs": cfg.epochs, "seed": params.seed}
             )
             tracking.set_tags({tracking.MODEL_SHA256_TAG: info["model_sha256"]})  # how evaluate finds this run
             if log_model:
                 from colorizer import serving  # mlflow.pyfunc: only when a model is logged
 
                 serving.log_model(model_dir)  # into the active run, as an image-in, image-out model
-        final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}
-        atomic_write_json(metrics_path, final)
-        return final
+    barrier(world)
+    if not world.is_main:
+        return {}
+    final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}
+    atomic_write_json(metrics_path, final)
+    return final
+
+
+def end_epoch(
+    params,
+    gan,
+    val_set,
+    epoch,
+    train_losses,
+    images_per_second,
+    history,
+    state_dir,
+    plots_path,
+    checkpoint_path,
+    loader_rng,
+    run_fingerprint,
+) -> None:
+    """Rank 0 after each epoch: validate, draw the samples, log, checkpoint."""
+    cfg = params.train
+    val_losses = validate(gan, val_set, cfg.batch_size)
+    row = {
+        "epoch": epoch,
+        **{f"train_{k}": v for k, v in sorted(train_losses.items())},
+        **{f"val_{k}": v for k, v in sorted(val_losses.items())},
+    }
+    history.append(row)  # what DVC tracks: losses only, the same on every run
+    grid = state_dir / "samples" / f"epoch_{epoch:03d}.png"
+    write_samples(gan, val_set, cfg.sample_count, params.seed + epoch, grid)
+    speed = {"train_images_per_second": images_per_second}  # run-specific: MLflow and the console only
+    tracking.log_metrics({k: v for k, v in (row | speed).items() if k != "epoch" and np.isfinite(v)}, epoch)
+    tracking.log_image(grid, "samples", epoch)
+    tracking.write_plot_rows(plots_path, history)
+    save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_fingerprint))
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in (row | speed).items() if k != "epoch")
+    log.info("epoch %d: %s", epoch, shown)
