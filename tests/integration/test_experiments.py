@@ -108,3 +108,14 @@ def _walk(node):
     elif isinstance(node, list):
         for value in node:
             yield from _walk(value)
+
+
+def test_exp_run_trains_on_two_ranks(pipeline_repo):
+    """The train stage runs under torchrun: `-S train.nproc_per_node=2` is two DDP ranks (gloo)."""
+    root = pipeline_repo
+    done = run(root, "dvc", "exp", "run", "-S", "train.nproc_per_node=2", "-n", "two-ranks")
+    assert "--nproc-per-node=2" in done.stdout + done.stderr
+    shown = json.dumps(json.loads(run(root, "dvc", "exp", "show", "--json").stdout))
+    assert "two-ranks" in shown
+    [two_ranks] = [r for r in mlflow_runs(root) if r.data.tags.get("dvc_exp_name") == "two-ranks"]
+    assert two_ranks.info.status == "FINISHED" and two_ranks.data.params["train.nproc_per_node"] == "2"

@@ -1,0 +1,106 @@
+"""Training on several ranks with real `torchrun` processes (gloo, on the CPU)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from colorizer.checkpoints import load_generator, sha256_of
+from tests import ddp_steps
+from tests.test_train import TINY, run_train, tiny_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def torchrun(ranks: int, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *args]
+    done = subprocess.run(command, cwd=REPO, env=os.environ | (env or {}), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_ranks_take_the_same_steps_as_one_process_averaging_two_chunks(tmp_path):
+    torchrun(2, "-m", "tests.ddp_steps", str(tmp_path / "ddp.pt"))
+    ddp = torch.load(tmp_path / "ddp.pt")
+    chunked = ddp_steps.reference(chunks=2)
+    full_batch = ddp_steps.reference(chunks=1)  # negative control: BatchNorm over the whole batch
+    error = max((ddp[k] - chunked[k]).abs().max().item() for k in ddp)
+    control = max((ddp[k] - full_batch[k]).abs().max().item() for k in ddp)
+    print(f"max |ddp - reference| = {error:.3g}; against full-batch BatchNorm {control:.3g}")
+    assert error < 1e-5
+    assert control > 100 * max(error, 1e-7)  # the comparison can fail: an averaging or BatchNorm bug shows
+
+
+def write_params(path: Path, **train) -> Path:
+    raw = yaml.safe_load(yaml.safe_dump(TINY))
+    raw["train"].update(train)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def train_command(params: Path, root: Path) -> list[str]:
+    return [
+        "-m",
+        "colorizer",
+        "train",
+        "--params",
+        str(params),
+        *("--model", str(root / "model"), "--state", str(root / "state"), "--plots", str(root / "plots.csv")),
+        *("--samples", str(root / "samples.png"), "--metrics", str(root / "train.json")),
+    ]
+
+
+def test_one_rank_under_torchrun_is_the_single_process_run_byte_for_byte(tiny_shards, tmp_path, mlflow_store):
+    run_train(tiny_params(epochs=2), tiny_shards, tmp_path / "plain")
+    params = write_params(tmp_path / "params.yaml", epochs=2)
+    torchrun(
+        1, *train_command(params, tmp_path / "ranked"), "--shards", str(tiny_shards), env={"DVC_ROOT": str(tmp_path)}
+    )
+    assert sha256_of(tmp_path / "ranked" / "model" / "generator.safetensors") == sha256_of(
+        tmp_path / "plain" / "model" / "generator.safetensors"
+    )
+
+
+def test_two_ranks_resume_to_the_same_history_with_one_mlflow_run(tiny_shards, tmp_path, mlflow_store):
+    environment = {"DVC_ROOT": str(tmp_path)}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    torchrun(
+        2,
+        *train_command(write_params(tmp_path / "p2.yaml", epochs=2), straight),
+        "--shards",
+        str(tiny_shards),
+        env=environment,
+    )
+    torchrun(
+        2,
+        *train_command(write_params(tmp_path / "p1.yaml", epochs=1), resumed),
+        "--shards",
+        str(tiny_shards),
+        env=environment,
+    )
+    done = torchrun(2, *train_command(tmp_path / "p2.yaml", resumed), "--shards", str(tiny_shards), env=environment)
+    assert "resuming from" in done.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(resumed / "plots.csv"), pd.read_csv(straight / "plots.csv"))
+    assert load_generator(resumed / "model")[1]["model_sha256"] == load_generator(straight / "model")[1]["model_sha256"]
+
+    client = MlflowClient(mlflow_store)
+    runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
+    assert len(runs) == 2  # one per training (straight; resumed, continued), never one per rank
+    for run in runs:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")] == [1, 2]
+        assert run.data.params["train.nproc_per_node"] == "1"  # the params file's; the ranks came from torchrun
+
+
+def test_sync_batchnorm_on_the_cpu_is_refused_by_name(tiny_shards, tmp_path, mlflow_store):
+    from colorizer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.sync_batchnorm: SyncBatchNorm needs CUDA"):
+        run_train(tiny_params(sync_batchnorm=True), tiny_shards, tmp_path)
