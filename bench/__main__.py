@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench import ddp_scaling
 from bench.common import matmul_gflops, sync, time_calls
 from colorizer.checkpoints import export_model
 from colorizer.config import PIX2PIX_WIDTHS, ColorizeOptions, ModelConfig, TrainConfig, parse_params
@@ -307,6 +308,8 @@ def main() -> None:
         print("quality, memory ...", file=sys.stderr)
         figures |= quality_check(root, device)
         figures |= peak_memory(root, model_dir)
+        print("torchrun: 1 and 2 ranks ...", file=sys.stderr)
+        figures |= ddp_scaling.main()
     sync(device)
     print_table(figures)
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}))
@@ -351,6 +354,12 @@ def print_table(f: dict) -> None:
             "val L1 after a fixed run: fp32 / fast",
             f"{f['quality_val_l1_fp32']:.4f} / {f['quality_val_l1_fast']:.4f}",
             f"gap {100 * f['quality_gap']:.1f}% (bound 5%)",
+        ),
+        (
+            "train on torchrun ranks 1 / 2, same global batch (img/s)",
+            f"{f['ddp_1rank_img_s']:.1f} / {f['ddp_2rank_img_s']:.1f}",
+            f"speedup {f['ddp_speedup']:.2f}x, efficiency {f['ddp_scaling_efficiency']:.2f} "
+            f"(threads per rank {f['ddp_threads_per_rank']})",
         ),
         (
             "peak RSS: train 256 preset / colorize 6000x4000 (MiB)",
