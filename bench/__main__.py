@@ -273,11 +273,43 @@ def device_name(device: torch.device) -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
+def machine_kind(device: torch.device) -> str:
+    """What the figures depend on: the GPU's name, or the CPU's widest matrix ISA (the project's CPUs
+    are Intel Xeon with AMX, AMD EPYC with AVX512-BF16, and AMD EPYC with AVX2 only)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        flags = set(
+            next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+        )
+    except (OSError, StopIteration):
+        return torch.backends.cpu.get_cpu_capability()
+    for flag, isa in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2")):
+        if flag in flags:
+            return isa
+    return torch.backends.cpu.get_cpu_capability()
+
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def save_results(figures: dict) -> Path:
+    """bench/results/<date>_<kind>.json: one file per day and machine kind, so that figures of several
+    kinds sit side by side (and the README's tables cite them) without rewriting each other."""
+    vendor = "intel" if "intel" in figures["device"].lower() else "amd" if "amd" in figures["device"].lower() else ""
+    kind = "-".join(part for part in (vendor, figures["kind"].lower()) if part).replace(" ", "-")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{figures['date']}_{kind}.json"
+    path.write_text(json.dumps(figures, indent=1) + "\n")
+    return path
+
+
 def main() -> None:
     device = pick_device("auto")
     repeats = 3 if device.type == "cpu" else 20
     figures: dict = {
         "device": device_name(device),
+        "kind": machine_kind(device),
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
         "date": datetime.date.today().isoformat(),
@@ -312,7 +344,9 @@ def main() -> None:
         figures |= ddp_scaling.main()
     sync(device)
     print_table(figures)
-    print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}))
+    figures = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}
+    print(f"written to {save_results(figures)}", file=sys.stderr)
+    print(json.dumps(figures))
 
 
 def print_table(f: dict) -> None:
@@ -368,7 +402,7 @@ def print_table(f: dict) -> None:
         ),
     ]
     width = max(len(r[0]) for r in rows)
-    print(f"# make bench: {f['date']}, {f['device']}, torch {f['torch_version']}, {f['threads']} threads")
+    print(f"# make bench: {f['date']}, {f['device']} ({f['kind']}), torch {f['torch_version']}, {f['threads']} threads")
     for name, value, ratio in rows:
         print(f"{name:<{width}}  {value:>15}  {ratio}")
 
