@@ -1,0 +1,92 @@
+"""Colorize's per-photo work outside the model, step by step, in core-milliseconds (one thread, the
+median of 20 calls each), for a 1024x768 grey JPEG and a colour one: what issue 15 sets out to cut.
+
+usage: python -m bench.photo_costs [SIZE]   (SIZE: the model's input size, default 256)
+"""
+
+from colorizer.runtime import setup_process
+
+setup_process()
+
+import io
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from colorizer.colorize_worker import CARRY_MAX_PIXELS, full_L, model_input, recombine, warm_up
+from colorizer.files import atomic_write_bytes
+from colorizer.images import decode, encode_colorized
+from colorizer.lab import lab_planes_to_rgb, to_uint8
+from colorizer.synthetic import colourful
+
+
+def core_ms(fn, repeats: int = 20) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        started = time.thread_time()  # CPU time of this thread: core-ms, not wall time
+        fn()
+        times.append(time.thread_time() - started)
+    return 1000 * statistics.median(times)
+
+
+def upsample(planes: np.ndarray, width: int, height: int) -> list[np.ndarray]:
+    return [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in planes]
+
+
+def costs(jpeg: bytes, size: int, out_dir: Path) -> dict[str, float]:
+    decoded_small = decode(jpeg, 10**9, at_least=size, full_grey_up_to=CARRY_MAX_PIXELS)
+    full = decode(jpeg, 10**9)
+    height, width = full.rgb.shape[:2]
+    ab_small = np.random.default_rng(0).uniform(-30, 30, (2, size, size)).astype(np.float32)
+    L = full_L(full)
+    a, b = upsample(ab_small, width, height)
+    rgb = to_uint8(lab_planes_to_rgb(L, a, b))
+    encoded = encode_colorized(rgb, "JPEG", 95, full, "bench")
+    steps = {
+        "prepare: decode for the model": lambda: decode(jpeg, 10**9, at_least=size, full_grey_up_to=CARRY_MAX_PIXELS),
+        "prepare: L at model size": lambda: model_input(decoded_small, size),
+        "finish: decode full size (colour only; grey is handed on)": lambda: decode(jpeg, 10**9),
+        "finish: full-size L": lambda: full_L(full),
+        "finish: upsample a*b*": lambda: [
+            cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in ab_small
+        ],
+        "finish: Lab -> RGB (float)": lambda: lab_planes_to_rgb(L, a, b),
+        "finish: to uint8": lambda: to_uint8(lab_planes_to_rgb(L, a, b)),
+        "finish: JPEG encode q95 + EXIF": lambda: encode_colorized(rgb, "JPEG", 95, full, "bench"),
+        "finish: write + fsync + rename": lambda: atomic_write_bytes(out_dir / "out.jpg", encoded),
+        "finish: all of it (recombine + encode + write)": lambda: atomic_write_bytes(
+            out_dir / "out.jpg", encode_colorized(recombine(full, ab_small), "JPEG", 95, full, "bench")
+        ),
+    }
+    result = {name: round(core_ms(fn), 2) for name, fn in steps.items()}
+    result["finish: to uint8"] = round(result["finish: to uint8"] - result["finish: Lab -> RGB (float)"], 2)
+    return result
+
+
+def main(size: int) -> dict:
+    warm_up()
+    photo = colourful(1024, 768, seed=1)
+    jpegs = {}
+    for kind, image in (("grey", Image.fromarray(photo).convert("L")), ("colour", Image.fromarray(photo))):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90)
+        jpegs[kind] = buffer.getvalue()
+    with tempfile.TemporaryDirectory() as tmp:
+        return {kind: costs(data, size, Path(tmp)) for kind, data in jpegs.items()}
+
+
+if __name__ == "__main__":
+    figures = main(int(sys.argv[1]) if len(sys.argv) > 1 else 256)
+    for kind, steps in figures.items():
+        print(f"# {kind} 1024x768 JPEG, core-ms per photo")
+        for name, ms in steps.items():
+            print(f"  {name:<58} {ms:7.2f}")
+    print(json.dumps(figures))
