@@ -76,6 +76,8 @@ def barrier(world: World) -> None:
 def mean_over_ranks(values: dict[str, torch.Tensor], world: World) -> dict[str, float]:
     """Each value averaged over the ranks: one all-reduce for all of them (once per epoch)."""
     keys = sorted(values)
+    if not keys:
+        return {}
     stacked = torch.stack([values[key].float() for key in keys])
     if world.distributed:
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
