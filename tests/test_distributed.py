@@ -104,3 +104,42 @@ def test_sync_batchnorm_on_the_cpu_is_refused_by_name(tiny_shards, tmp_path, mlf
 
     with pytest.raises(ConfigError, match="train.sync_batchnorm: SyncBatchNorm needs CUDA"):
         run_train(tiny_params(sync_batchnorm=True), tiny_shards, tmp_path)
+
+
+def test_sigterm_to_a_two_rank_run_keeps_its_checkpoint_and_the_rerun_resumes_its_run(
+    tiny_shards, tmp_path, mlflow_store
+):
+    import signal
+    import time
+
+    from colorizer.checkpoints import load_checkpoint
+
+    environment = os.environ | {"DVC_ROOT": str(tmp_path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    long_run = write_params(tmp_path / "long.yaml", epochs=300)
+    ranks = subprocess.Popen(
+        [*command, *train_command(long_run, tmp_path / "run"), "--shards", str(tiny_shards)],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    checkpoint = tmp_path / "run" / "state" / "checkpoint.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists():
+        assert ranks.poll() is None and time.monotonic() < deadline, "training did not reach a checkpoint"
+        time.sleep(0.1)
+    ranks.send_signal(signal.SIGTERM)  # a scheduler's time limit: torchrun passes it to every rank
+    ranks.wait(timeout=120)
+    assert "colorizer train: interrupted" in ranks.stderr.read()
+    kept = load_checkpoint(checkpoint)["epoch"]
+    client = MlflowClient(mlflow_store)
+    [killed] = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
+    assert killed.info.status == "KILLED"
+
+    shorter = write_params(tmp_path / "short.yaml", epochs=kept + 1)
+    done = torchrun(2, *train_command(shorter, tmp_path / "run"), "--shards", str(tiny_shards), env=environment)
+    assert f"resuming from {checkpoint} after epoch {kept}" in done.stderr
+    [resumed] = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
