@@ -1,4 +1,5 @@
-"""Worker pools, started safely: the one place a pool of workers is made.
+"""Worker pools, started safely, and the one ordered, bounded map over them (`OrderedMap`, used by
+fetch, colorize and the URL downloads).
 
 Process pools use the `spawn` start method: forking a process that already runs threads (torch's,
 MLflow's, a test runner's) can copy a lock that is held at that instant and hang the child (seen
