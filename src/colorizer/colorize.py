@@ -102,13 +102,23 @@ def dry_run(src: Path, dst: Path, options: ColorizeOptions | None = None) -> Ite
     options = options or ColorizeOptions()
     src, dst = Path(src), Path(dst)
     check_paths(src, dst, probe=False)
-    for relative, item in enumerate_inputs(src, dst, options.format):
-        if isinstance(item, Outcome):
-            yield "fail", relative, item.reason
-        elif Path(item.target).exists() and not options.overwrite:
-            yield "skip", relative, "output exists"
-        else:
+    for _, relative, item in planned_inputs(src, dst, options):
+        if isinstance(item, Job):
             yield "colorize", relative, item.target
+        else:
+            yield ("skip" if item.status == "skipped" else "fail"), relative, item.reason
+
+
+def planned_inputs(src: Path, dst: Path, options: ColorizeOptions) -> Iterator[tuple[int, str, Job | Outcome]]:
+    """(number, relative path, job to do or row already decided) per input, in listing order: the one
+    place that decides what is refused while listing and what is skipped because its output exists."""
+    for index, (relative, item) in enumerate(enumerate_inputs(src, dst, options.format)):
+        if isinstance(item, Outcome):
+            yield index, relative, item
+        elif Path(item.target).exists() and not options.overwrite:
+            yield index, relative, Outcome("skipped", "output exists")
+        else:
+            yield index, relative, replace(item, index=index)
 
 
 def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, pool: Executor, workers: int) -> Summary:
@@ -150,13 +160,11 @@ def jobs_to_do(src: Path, dst: Path, options: ColorizeOptions, summary: Summary)
     """The inputs as they are listed, numbered in that order; the ones refused while listing and
     those whose output exists are recorded on the way. An archive's members are read one at a time
     as the pipeline takes them, so a multi-GB archive never sits in memory whole."""
-    for index, (relative, item) in enumerate(enumerate_inputs(src, dst, options.format)):
-        if isinstance(item, Outcome):
-            summary.record_row(index, relative, item)
-        elif Path(item.target).exists() and not options.overwrite:
-            summary.record_row(index, relative, Outcome("skipped", "output exists"))
+    for index, relative, item in planned_inputs(src, dst, options):
+        if isinstance(item, Job):
+            yield item
         else:
-            yield replace(item, index=index)
+            summary.record_row(index, relative, item)
 
 
 def predict_batches(
