@@ -100,6 +100,7 @@ def check_server(uri: str) -> None:
         ) from None
 
 
+_stores_checked: set[str] = set()
 # Where the default store records artifact locations (MLflow 3): the experiment's, each run's, each
 # logged model's and each registered model version's.
 _LOCATION_COLUMNS = (
@@ -158,9 +159,10 @@ def _mlflow():
     uri = tracking_uri()
     check_server(uri)
     is_default = uri == default_tracking_uri()
-    if is_default:
+    if is_default and uri not in _stores_checked:  # once per process: every tracking call comes here
         check_store(repo_root() / "mlflow.db")
         relocate_artifacts(repo_root() / "mlflow.db", experiment_name(), (repo_root() / "mlartifacts").as_uri())
+        _stores_checked.add(uri)
     if uri.startswith(("http://", "https://")):
         # MLflow retries a failed request 7 times with growing pauses (minutes in all) before it
         # raises; a few seconds tell a server that went away (unless the user set these).
