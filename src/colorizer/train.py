@@ -376,7 +376,6 @@ def train(
         )
     if len(val_set) == 0:
         raise ConfigError("params.yaml: fetch.split.val: no validation photos (add photos or raise it)")
-    say = log.info if world.is_main else log.debug
     if cfg.batch_size % world.size and world.is_main:
         log.warning(
             "train: train.batch_size %d does not divide over %d ranks: each takes %d (%d in all)",
@@ -390,54 +389,57 @@ def train(
             "train: rank %d of %d, %d training and %d validation images on %s, autocast %s, %d threads",
             *(world.rank, world.size, len(train_set), len(val_set), device, gan.amp_dtype, torch.get_num_threads()),
         )
+        outputs = TrainOutputs(model_dir, state_dir, plots_path, metrics_path, samples_path)
         with one_trainer(state_dir) if world.is_main else nullcontext():  # until the end: model and metrics too
-            return _train(
-                params,
-                gan,
-                world,
-                train_set,
-                val_set,
-                rank_batch,
-                say,
-                shard_dir,
-                model_dir,
-                state_dir,
-                plots_path,
-                metrics_path,
-                log_model,
-                samples_path,
-            )
+            return _train(params, gan, world, train_set, val_set, shard_dir, outputs, log_model)
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """Where a training writes: the exported model, its state (checkpoint, every epoch's grid), the
+    per-epoch losses, the final metrics and, optionally, the final sample grid."""
+
+    model_dir: Path
+    state_dir: Path
+    plots_path: Path
+    metrics_path: Path
+    samples_path: Path | None = None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.state_dir / CHECKPOINT_NAME
 
 
 def _train(
-    params,
-    gan,
-    world,
-    train_set,
-    val_set,
-    rank_batch,
-    say,
-    shard_dir,
-    model_dir,
-    state_dir,
-    plots_path,
-    metrics_path,
-    log_model,
-    samples_path,
+    params: Params,
+    gan: Gan,
+    world: World,
+    train_set: LabShardDataset,
+    val_set: LabShardDataset,
+    shard_dir: Path,
+    out: TrainOutputs,
+    log_model: bool,
 ) -> dict:
     cfg = params.train
     loader_rng = torch.Generator().manual_seed(params.seed)
-    checkpoint_path = state_dir / CHECKPOINT_NAME
     run_fingerprint = fingerprint(params, shard_dir, world.size)
-    state = resumable_state(checkpoint_path, run_fingerprint, cfg.epochs, say)
+    say = log.info if world.is_main else log.debug
+    state = resumable_state(out.checkpoint, run_fingerprint, cfg.epochs, say)
     history: list[dict] = []
     if state:
-        restore(gan, state, loader_rng, checkpoint_path)
+        restore(gan, state, loader_rng, out.checkpoint)
         history = list(state["history"])
     gan = distribute(gan, world, cfg.sync_batchnorm)
     rank0 = gan.unwrapped()
-    pin_memory = gan.device.type == "cuda"
-    loader = make_loader(train_set, rank_batch, cfg.loader_workers, loader_rng, True, pin_memory, world, params.seed)
+    loader = make_loader(
+        train_set,
+        cfg.batch_size // world.size,
+        cfg.loader_workers,
+        loader_rng,
+        pin_memory=gan.device.type == "cuda",
+        world=world,
+        seed=params.seed,
+    )
 
     tracked = tracking.training_run(params.model_dump(), run_fingerprint, resume=state is not None)
     with tracked if world.is_main else nullcontext():
@@ -450,57 +452,43 @@ def _train(
             adversarial = epoch > cfg.l1_warmup_epochs
             train_losses, images = run_epoch(gan, loader, adversarial, f"epoch {epoch}/{cfg.epochs}", world)
             seconds = time.perf_counter() - started
-            if world.is_main:
-                end_epoch(
-                    params,
-                    rank0,
-                    val_set,
-                    epoch,
-                    train_losses,
-                    images * world.size / seconds,
-                    history,
-                    state_dir,
-                    plots_path,
-                    checkpoint_path,
-                    loader_rng,
-                    run_fingerprint,
+            if world.is_main:  # the others wait at the barrier while rank 0 validates and saves
+                history.append(
+                    end_epoch(params, rank0, val_set, epoch, train_losses, images * world.size / seconds, out)
                 )
-            barrier(world)  # the others wait while rank 0 validates and saves
+                tracking.write_plot_rows(out.plots_path, history)
+                save_checkpoint(out.checkpoint, snapshot(rank0, epoch, loader_rng, history, run_fingerprint))
+            barrier(world)
         if world.is_main:
-            tracking.write_plot_rows(plots_path, history)
-            if samples_path:  # the last epoch's grid, drawn again: the same model and seed give the same picture
-                write_samples(rank0, val_set, cfg.sample_count, params.seed + cfg.epochs, samples_path)
-            info = export_model(
-                model_dir, rank0.generator, rank0.discriminator, {"epochs": cfg.epochs, "seed": params.seed}
-            )
+            tracking.write_plot_rows(out.plots_path, history)
+            if out.samples_path:  # the last epoch's grid, drawn again: the same model and seed give the same picture
+                write_samples(rank0, val_set, cfg.sample_count, params.seed + cfg.epochs, out.samples_path)
+            recipe = {"epochs": cfg.epochs, "seed": params.seed}
+            info = export_model(out.model_dir, rank0.generator, rank0.discriminator, recipe)
             tracking.set_tags({tracking.MODEL_SHA256_TAG: info["model_sha256"]})  # how evaluate finds this run
             if log_model:
                 from colorizer import serving  # mlflow.pyfunc: only when a model is logged
 
-                serving.log_model(model_dir)  # into the active run, as an image-in, image-out model
+                serving.log_model(out.model_dir)  # into the active run, as an image-in, image-out model
     barrier(world)
     if not world.is_main:
         return {}
     final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}
-    atomic_write_json(metrics_path, final)
+    atomic_write_json(out.metrics_path, final)
     return final
 
 
 def end_epoch(
-    params,
-    gan,
-    val_set,
-    epoch,
-    train_losses,
-    images_per_second,
-    history,
-    state_dir,
-    plots_path,
-    checkpoint_path,
-    loader_rng,
-    run_fingerprint,
-) -> None:
-    """Rank 0 after each epoch: validate, draw the samples, log, checkpoint."""
+    params: Params,
+    gan: Gan,
+    val_set: LabShardDataset,
+    epoch: int,
+    train_losses: dict[str, float],
+    images_per_second: float,
+    out: TrainOutputs,
+) -> dict[str, float]:
+    """Rank 0 after each epoch: validate, draw the samples, log; returns the epoch's row of losses
+    (what DVC tracks: losses only, the same on every run)."""
     cfg = params.train
     val_losses = validate(gan, val_set, cfg.batch_size)
     row = {
@@ -508,13 +496,11 @@ def end_epoch(
         **{f"train_{k}": v for k, v in sorted(train_losses.items())},
         **{f"val_{k}": v for k, v in sorted(val_losses.items())},
     }
-    history.append(row)  # what DVC tracks: losses only, the same on every run
-    grid = state_dir / "samples" / f"epoch_{epoch:03d}.png"
+    grid = out.state_dir / "samples" / f"epoch_{epoch:03d}.png"
     write_samples(gan, val_set, cfg.sample_count, params.seed + epoch, grid)
     speed = {"train_images_per_second": images_per_second}  # run-specific: MLflow and the console only
     tracking.log_metrics({k: v for k, v in (row | speed).items() if k != "epoch" and np.isfinite(v)}, epoch)
     tracking.log_image(grid, "samples", epoch)
-    tracking.write_plot_rows(plots_path, history)
-    save_checkpoint(checkpoint_path, snapshot(gan, epoch, loader_rng, history, run_fingerprint))
     shown = ", ".join(f"{k}={v:.4g}" for k, v in (row | speed).items() if k != "epoch")
     log.info("epoch %d: %s", epoch, shown)
+    return row
