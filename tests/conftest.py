@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 
 from colorizer.synthetic import colourful, synthetic_shards
 
-__all__ = ["colourful", "encode", "resize_disk", "write_tiny_shards"]
+__all__ = ["colourful", "encode", "resize_disk", "wait_for_files", "write_tiny_shards"]
 
 
 @pytest.fixture(autouse=True)
@@ -80,3 +81,13 @@ def small_disk(tmp_path):
 def resize_disk(where: Path, kilobytes: int) -> None:
     """Make room on (or shrink) a `small_disk`: its files stay."""
     subprocess.run(["mount", "-o", f"remount,size={kilobytes}k", str(where)], check=True, capture_output=True)
+
+
+def wait_for_files(process: subprocess.Popen, *paths: Path, seconds: float = 120) -> None:
+    """Wait until every path exists while `process` runs; fail with its stderr if it ends first."""
+    deadline = time.monotonic() + seconds
+    while not all(path.exists() for path in paths):
+        if process.poll() is not None:
+            raise AssertionError(f"it ended first: {process.stderr.read()[-2000:] if process.stderr else ''}")
+        assert time.monotonic() < deadline, f"{', '.join(map(str, paths))}: not there after {seconds} s"
+        time.sleep(0.1)

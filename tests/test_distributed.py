@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from colorizer.checkpoints import load_generator, sha256_of
 from tests import ddp_steps
+from tests.conftest import wait_for_files
 from tests.test_train import TINY, run_train, tiny_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +111,6 @@ def test_sigterm_to_a_two_rank_run_keeps_its_checkpoint_and_the_rerun_resumes_it
     tiny_shards, tmp_path, mlflow_store
 ):
     import signal
-    import time
 
     from colorizer.checkpoints import load_checkpoint
 
@@ -126,10 +126,7 @@ def test_sigterm_to_a_two_rank_run_keeps_its_checkpoint_and_the_rerun_resumes_it
         text=True,
     )
     checkpoint = tmp_path / "run" / "state" / "checkpoint.pt"
-    deadline = time.monotonic() + 120
-    while not checkpoint.exists():
-        assert ranks.poll() is None and time.monotonic() < deadline, "training did not reach a checkpoint"
-        time.sleep(0.1)
+    wait_for_files(ranks, checkpoint)
     ranks.send_signal(signal.SIGTERM)  # a scheduler's time limit: torchrun passes it to every rank
     ranks.wait(timeout=120)
     assert "colorizer train: interrupted" in ranks.stderr.read()

@@ -19,7 +19,7 @@ from colorizer import serving, tracking
 from colorizer.checkpoints import load_checkpoint
 from colorizer.colorize import colorize
 from colorizer.config import ColorizeOptions
-from tests.conftest import colourful, encode
+from tests.conftest import colourful, encode, wait_for_files
 from tests.test_train import run_train, tiny_params
 
 
@@ -179,10 +179,7 @@ def test_a_server_that_stops_mid_training_is_one_line_and_the_rerun_continues_it
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "state" / "checkpoint.pt").exists():
-            assert trainer.poll() is None and time.monotonic() < deadline, "training did not start"
-            time.sleep(0.1)
+        wait_for_files(trainer, tmp_path / "state" / "checkpoint.pt")
         stop_server(server)
         started = time.monotonic()
         code = trainer.wait(timeout=120)

@@ -21,6 +21,7 @@ from colorizer.checkpoints import CheckpointError, load_checkpoint, load_generat
 from colorizer.config import ConfigError, UserError, parse_params
 from colorizer.devices import autocast_dtype
 from colorizer.train import CHECKPOINT_NAME, build_gan, train
+from tests.conftest import wait_for_files
 
 TINY = {
     "seed": 3,
@@ -176,12 +177,7 @@ def test_a_second_trainer_on_the_same_state_is_refused_and_says_who_holds_it(tin
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "state" / ".trainer").exists():
-            assert first.poll() is None and time.monotonic() < deadline, (
-                first.stderr.read()[-2000:] if first.poll() else "timeout"
-            )
-            time.sleep(0.1)
+        wait_for_files(first, tmp_path / "state" / ".trainer", seconds=60)
         with pytest.raises(UserError, match=rf"pid {first.pid} on .* is training on this state already"):
             run_train(tiny_params(epochs=1), tiny_shards, tmp_path)
     finally:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.conftest import wait_for_files
 from tests.integration.repo import TINY_PIPELINE, clone_repo, env, git, run, set_params
 
 pytestmark = pytest.mark.slow
@@ -36,11 +37,7 @@ def test_killing_dvc_stops_its_trainer_and_the_next_repro_resumes(tmp_path):
     dvc = subprocess.Popen(
         ["dvc", "repro", "train"], cwd=root, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 120
-    while not ((state / "checkpoint.pt").exists() and (state / ".trainer").exists()):
-        assert dvc.poll() is None, dvc.stderr.read()[-2000:]
-        assert time.monotonic() < deadline, "training did not reach its first checkpoint"
-        time.sleep(0.1)
+    wait_for_files(dvc, state / "checkpoint.pt", state / ".trainer")
     trainer = int(re.match(r"pid (\d+)", (state / ".trainer").read_text()).group(1))
     assert alive(trainer)
 
