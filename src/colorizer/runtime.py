@@ -71,19 +71,51 @@ def _sigterm_as_interrupt(signum, frame):
 def stop_with_parent(period_seconds: float = 1.0) -> None:
     """Stop this process, as SIGTERM does (a trainer keeps its checkpoint and marks its MLflow run
     KILLED), when the process that started it dies: a `dvc repro` killed with -9 or SIGTERM would
-    otherwise leave its stage running alone while the next `dvc repro` starts a second one. Under
-    torchrun the parent is torchrun's agent, which outlives dvc: then dvc (the agent's parent) is
-    watched too. A thread polls the pids (portable, and unlike prctl's parent-death signal it is not
-    fooled by the parent's starting thread ending)."""
+    otherwise leave its stage running alone while the next `dvc repro` starts a second one. The
+    launchers between dvc and this process outlive dvc and are looked through (`launchers`). A
+    thread polls the pids (portable, and unlike prctl's parent-death signal it is not fooled by the
+    parent's starting thread ending)."""
     parent = os.getppid()
-    also = [p for p in [_parent_of(parent)] if p and p > 1] if "TORCHELASTIC_RUN_ID" in os.environ else []
+    watched = launchers(parent, under_torchrun="TORCHELASTIC_RUN_ID" in os.environ)
 
     def watch() -> None:
-        while os.getppid() == parent and all(_alive(pid) for pid in also):
+        while os.getppid() == parent and all(_alive(pid) for pid in watched):
             time.sleep(period_seconds)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
+_SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"}
+
+
+def launchers(parent: int, under_torchrun: bool) -> list[int]:
+    """The processes whose death means this one's starter died: `parent`, and above it, while the
+    one looked at merely relays a command, its parent too. Relays are torchrun's agent and a shell
+    running `-c CMD` (how dvc runs a stage's cmd: `$SHELL -c`, or `/bin/sh -c` when SHELL is unset;
+    bash replaces itself with a lone command but dash does not, so the shell may sit between dvc and
+    torchrun and outlive dvc). The first process that is neither (dvc, a batch script, a terminal's
+    shell) is the last one watched, so a user's `nohup dvc repro &` still survives its terminal.
+    Without /proc (not Linux) only `parent`."""
+    chain = [parent]
+    relays = under_torchrun or _runs_a_command_string(parent)  # under torchrun the parent is its agent
+    while relays and len(chain) < 8:
+        above = _parent_of(chain[-1])
+        if not above or above <= 1:
+            break
+        chain.append(above)
+        relays = _runs_a_command_string(above)
+    return chain
+
+
+def _runs_a_command_string(pid: int) -> bool:
+    """A shell started as `sh -c CMD`."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    name = os.path.basename(argv[0].decode(errors="replace")).lstrip("-")
+    return name in _SHELLS and b"-c" in argv[1:]
 
 
 def _parent_of(pid: int) -> int | None:

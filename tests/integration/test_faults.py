@@ -34,8 +34,14 @@ def test_killing_dvc_stops_its_trainer_and_the_next_repro_resumes(tmp_path):
     run(root, "dvc", "repro", "shard")
 
     state = root / "work" / "train"
+    # /bin/sh as the stage's shell, as where SHELL is unset: dash stays between dvc and torchrun (bash exec's)
     dvc = subprocess.Popen(
-        ["dvc", "repro", "train"], cwd=root, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        ["dvc", "repro", "train"],
+        cwd=root,
+        env={**env(), "SHELL": "/bin/sh"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     wait_for_files(dvc, state / "checkpoint.pt", state / ".trainer")
     trainer = int(re.match(r"pid (\d+)", (state / ".trainer").read_text()).group(1))
