@@ -35,7 +35,7 @@ UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --python-version 3.11 
 lock: $(DEV_STAMP)
 	echo "torch==2.13.0+cpu" > $(VENV)/torch-cpu.txt
 	$(UV_COMPILE) -o requirements.txt
-	$(UV_COMPILE) --extra dev -c requirements.txt -o requirements-dev.txt
+	$(UV_COMPILE) --extra dev --extra ray --extra s3 -c requirements.txt -o requirements-dev.txt
 
 # `data/` is the user's collection, tracked by data.dvc; a fresh clone has no DVC cache to
 # check it out from, and dvc refuses to run with the dependency missing, so make sure it exists.

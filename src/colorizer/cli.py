@@ -128,9 +128,12 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
 
     default = ColorizeOptions()
     parser.add_argument(
-        "src", type=Path, metavar="SRC", help="folder (walked recursively), .zip/.tar/.tar.gz archive or one image"
+        "src",
+        metavar="SRC",
+        help="folder (walked recursively), .zip/.tar/.tar.gz archive or one image; a path or an fsspec URL "
+        "(s3://bucket/scans/, zip::s3://bucket/scans.zip, gs://, az://, file://)",
     )
-    parser.add_argument("dst", type=Path, metavar="DST", help="output folder; mirrors SRC's relative paths")
+    parser.add_argument("dst", metavar="DST", help="output folder, a path or a URL; mirrors SRC's relative paths")
     parser.add_argument(
         "--model",
         type=Path,
@@ -157,6 +160,14 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="list what would be colorized, skipped or refused; write nothing"
     )
+    ray = parser.add_argument_group("cluster", "--engine ray: Ray Data over a cluster (pip install 'colorizer[ray]')")
+    ray.add_argument("--engine", default=default.engine, help="local or ray (default: %(default)s)")
+    ray.add_argument("--address", help="the Ray cluster: auto or HOST:PORT (default: RAY_ADDRESS, else a local Ray)")
+    ray.add_argument("--actors", type=int, help="model actors (default: one per GPU in the cluster, else 1)")
+    ray.add_argument(
+        "--cpus-per-actor", type=float, default=default.cpus_per_actor, help="CPUs (torch threads) per model actor"
+    )
+    ray.add_argument("--gpus-per-actor", type=float, help="GPUs per model actor (default: 1 where there are GPUs)")
     parser.set_defaults(run=_run_colorize)
 
 
@@ -166,6 +177,7 @@ def _run_colorize(args: argparse.Namespace, params: Params) -> int:
     from colorizer.config import ColorizeOptions
 
     flags = ("size", "batch_size", "workers", "worker_kind", "device", "format", "quality", "overwrite", "strict")
+    flags += ("engine", "address", "actors", "cpus_per_actor", "gpus_per_actor")
     options = ColorizeOptions.from_flags(**{flag: getattr(args, flag) for flag in flags})
     if args.dry_run:
         return _print_dry_run(args.src, args.dst, options)
@@ -173,7 +185,7 @@ def _run_colorize(args: argparse.Namespace, params: Params) -> int:
     return 1 if args.strict and summary.count("failed") else 0
 
 
-def _print_dry_run(src: Path, dst: Path, options) -> int:
+def _print_dry_run(src: str, dst: str, options) -> int:
     """One tab-separated line per input on stdout (action, input, output or reason); counts on stderr."""
     import csv
     import logging

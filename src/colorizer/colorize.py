@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from colorizer import storage
 from colorizer.checkpoints import PRETRAINED_DIR
 from colorizer.colorize_inputs import check_paths, count_inputs, dst_lock, enumerate_inputs, remove_temp_leftovers
 from colorizer.colorize_worker import (
@@ -43,9 +44,10 @@ from colorizer.colorize_worker import (
 )
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.devices import pick_device
-from colorizer.files import atomic_write_bytes, progress
+from colorizer.files import progress
 from colorizer.inference import ModelRunner, predict_in_halves
 from colorizer.parallel import INLINE, OrderedMap, RestartingPool, batched, process_pool, thread_pool
+from colorizer.storage import Location
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "colorize_report.csv"
@@ -79,13 +81,19 @@ class Summary:
         return sum(outcome.status == status for _, outcome in self.rows.values())
 
 
-def colorize(src: Path, dst: Path, model_dir: Path = PRETRAINED_DIR, options: ColorizeOptions | None = None) -> Summary:
+def colorize(
+    src: Location | str, dst: Location | str, model_dir: Path = PRETRAINED_DIR, options: ColorizeOptions | None = None
+) -> Summary:
     """Colorize every photo under SRC (a folder, an archive or one photo) into DST; model_dir defaults
     to the shipped model."""
     options = options or ColorizeOptions()
-    src, dst = Path(src), Path(dst)
+    src, dst = storage.location(src), storage.location(dst)
     check_paths(src, dst)
     with dst_lock(dst):
+        if options.engine == "ray":
+            from colorizer.colorize_ray import colorize_with_ray  # an extra: imported only when asked for
+
+            return colorize_with_ray(src, dst, model_dir, options)
         workers = options.workers if options.workers is not None else default_workers()
         pool = start_workers(workers, options.worker_kind, pick_device(options.device, "--device"))  # before the model
         try:
@@ -94,13 +102,15 @@ def colorize(src: Path, dst: Path, model_dir: Path = PRETRAINED_DIR, options: Co
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def dry_run(src: Path, dst: Path, options: ColorizeOptions | None = None) -> Iterator[tuple[str, str, str]]:
+def dry_run(
+    src: Location | str, dst: Location | str, options: ColorizeOptions | None = None
+) -> Iterator[tuple[str, str, str]]:
     """What `colorize` would do, without loading the model or writing anything: (action, input, detail)
     per input, action one of `colorize` (detail: the output), `skip` (it exists) or `fail` (refused
     while listing: a link, an unsafe archive member). A photo that can't be decoded shows as `colorize`
     here and fails in the run."""
     options = options or ColorizeOptions()
-    src, dst = Path(src), Path(dst)
+    src, dst = storage.location(src), storage.location(dst)
     check_paths(src, dst, probe=False)
     for _, relative, item in planned_inputs(src, dst, options):
         if isinstance(item, Job):
@@ -109,19 +119,23 @@ def dry_run(src: Path, dst: Path, options: ColorizeOptions | None = None) -> Ite
             yield ("skip" if item.status == "skipped" else "fail"), relative, item.reason
 
 
-def planned_inputs(src: Path, dst: Path, options: ColorizeOptions) -> Iterator[tuple[int, str, Job | Outcome]]:
+def planned_inputs(src: Location, dst: Location, options: ColorizeOptions) -> Iterator[tuple[int, str, Job | Outcome]]:
     """(number, relative path, job to do or row already decided) per input, in listing order: the one
-    place that decides what is refused while listing and what is skipped because its output exists."""
-    for index, (relative, item) in enumerate(enumerate_inputs(src, dst, options.format)):
+    place that decides what is refused while listing and what is skipped because its output exists
+    (known from one listing of DST, not a request per photo: on an object store that is the cost)."""
+    existing = set() if options.overwrite else storage.relative_files(dst)
+    for index, (relative, output, item) in enumerate(enumerate_inputs(src, dst, options.format)):
         if isinstance(item, Outcome):
             yield index, relative, item
-        elif Path(item.target).exists() and not options.overwrite:
+        elif output in existing:
             yield index, relative, Outcome("skipped", "output exists")
         else:
             yield index, relative, replace(item, index=index)
 
 
-def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, pool: Executor, workers: int) -> Summary:
+def _colorize(
+    src: Location, dst: Location, model_dir: Path, options: ColorizeOptions, pool: Executor, workers: int
+) -> Summary:
     runner = ModelRunner(model_dir, options)
     log.debug(
         "colorize: model at %d px on %s (autocast %s), %d %s workers",
@@ -146,17 +160,17 @@ def _colorize(src: Path, dst: Path, model_dir: Path, options: ColorizeOptions, p
         raise
     finally:
         summary.bar.close()
-        write_report(dst / REPORT_NAME, summary, options.report_seconds)
+        write_report(storage.join(dst, REPORT_NAME), summary, options.report_seconds)
     seconds = time.perf_counter() - started
     done, skipped, failed = summary.count("done"), summary.count("skipped"), summary.count("failed")
     log.info(
         "colorize: %d done, %d skipped, %d failed in %.1f s (%.2f images/s); report: %s",
-        *(done, skipped, failed, seconds, done / max(seconds, 1e-9), dst / REPORT_NAME),
+        *(done, skipped, failed, seconds, done / max(seconds, 1e-9), storage.join(dst, REPORT_NAME)),
     )
     return summary
 
 
-def jobs_to_do(src: Path, dst: Path, options: ColorizeOptions, summary: Summary) -> Iterator[Job]:
+def jobs_to_do(src: Location, dst: Location, options: ColorizeOptions, summary: Summary) -> Iterator[Job]:
     """The inputs as they are listed, numbered in that order; the ones refused while listing and
     those whose output exists are recorded on the way. An archive's members are read one at a time
     as the pipeline takes them, so a multi-GB archive never sits in memory whole."""
@@ -225,7 +239,7 @@ def as_outcome(result: Outcome | Exception) -> Outcome:
     return Outcome("failed", f"worker error: {type(result).__name__}: {result}")
 
 
-def write_report(path: Path, summary: Summary, seconds: bool = True) -> None:
+def write_report(path: Location, summary: Summary, seconds: bool = True) -> None:
     """One row per input. With the csv module, not pandas: a file name that is not valid UTF-8 (Python
     keeps its bytes as surrogates) goes back out as the same bytes, where an Arrow string can't hold it."""
     text = io.StringIO()
@@ -235,7 +249,7 @@ def write_report(path: Path, summary: Summary, seconds: bool = True) -> None:
         size = ["" if o.width is None else o.width, "" if o.height is None else o.height]
         writer.writerow([relative, o.status, o.reason, *size] + ([round(o.seconds, 4)] if seconds else []))
     try:
-        atomic_write_bytes(path, text.getvalue().encode("utf-8", "surrogateescape"))
+        storage.write_bytes(path, text.getvalue().encode("utf-8", "surrogateescape"))
     except OSError as e:
         raise UserError(
             f"{path}: could not write the report ({e.strerror or e}); every output written is complete: "

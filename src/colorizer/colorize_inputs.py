@@ -8,15 +8,17 @@ import os
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from filelock import FileLock, Timeout
 
+from colorizer import storage
 from colorizer.colorize_worker import Job, Outcome
 from colorizer.config import ArchiveConfig, UserError
-from colorizer.files import atomic_path, is_temp_name
+from colorizer.files import is_temp_name
 from colorizer.images import FORMAT_SUFFIXES, SUFFIX_FORMATS
-from colorizer.sources import ARCHIVE_SUFFIXES, Rejected, archive_candidates
+from colorizer.sources import ARCHIVE_SUFFIXES, Rejected, archive_candidates, unsafe_member_reason
+from colorizer.storage import Location
 
 LOCK_NAME = ".colorizer.lock"
 # Scan archives are large by nature: limits far above fetch's, still refusing zip bombs and huge members.
@@ -25,92 +27,126 @@ ARCHIVE_LIMITS = ArchiveConfig(
 )
 
 
-def output_target(dst: Path, relative: str, fmt_option: str | None) -> tuple[Path, str] | None:
-    """Where an input's output goes and in which format; None if its name is not an image's."""
-    suffix = Path(relative).suffix.lower()
+def output_target(dst: Location, relative: str, fmt_option: str | None) -> tuple[Location, str, str] | None:
+    """Where an input's output goes (its location, and its path relative to DST) and in which
+    format; None if its name is not an image's."""
+    suffix = PurePosixPath(relative).suffix.lower()
     if suffix not in SUFFIX_FORMATS:
         return None
-    target = dst / relative
     if fmt_option:
-        target = target.with_suffix(FORMAT_SUFFIXES[fmt_option])
-    resolved_dst = dst.resolve()
-    if os.path.commonpath([resolved_dst, target.resolve()]) != str(resolved_dst):
+        relative = str(PurePosixPath(relative).with_suffix(FORMAT_SUFFIXES[fmt_option]))
+    if unsafe_member_reason(relative):
         return None  # never write outside DST (a name that climbs out is refused upstream too)
-    return target, fmt_option or SUFFIX_FORMATS[suffix]
+    target = storage.join(dst, relative)
+    if isinstance(dst, Path):
+        resolved_dst = dst.resolve()
+        if os.path.commonpath([resolved_dst, Path(target).resolve()]) != str(resolved_dst):
+            return None  # e.g. through a link inside DST
+    return target, fmt_option or SUFFIX_FORMATS[suffix], relative
 
 
-def count_inputs(src: Path) -> int | None:
+def source_kind(src: Location) -> str:
+    """`folder`, `archive` or `photo`."""
+    if storage.archive_file(src) or storage.name_of(src).lower().endswith(ARCHIVE_SUFFIXES):
+        return "archive"
+    return "folder" if storage.is_folder(src) else "photo"
+
+
+def count_inputs(src: Location) -> int | None:
     """How many inputs the progress bar expects, from a listing alone; None for a tar archive, which
     could only be counted by reading it through once more."""
-    if src.is_dir():
-        return sum(1 for p in src.rglob("*") if p.suffix.lower() in SUFFIX_FORMATS and not p.is_dir())
-    if not src.name.lower().endswith(ARCHIVE_SUFFIXES):
+    kind = source_kind(src)
+    if kind == "folder":
+        return sum(1 for relative, _, _ in storage.files_under(src) if _is_image_name(relative))
+    if kind == "photo":
         return 1
-    if src.name.lower().endswith(".zip"):
+    if _is_zip(src):
         try:
-            with zipfile.ZipFile(src) as archive:
-                return sum(1 for info in archive.infolist() if Path(info.filename).suffix.lower() in SUFFIX_FORMATS)
+            with storage.open_for_reading(src) as f, zipfile.ZipFile(f) as archive:
+                return sum(1 for info in archive.infolist() if _is_image_name(info.filename))
         except (zipfile.BadZipFile, OSError):
             return None
     return None
 
 
-def enumerate_inputs(src: Path, dst: Path, fmt_option: str | None) -> Iterator[tuple[str, Job | Outcome]]:
-    """(relative path, job or already-failed row) for every image-named file in SRC, in sorted order.
-    Jobs are numbered later, by `colorize`, together with the failed rows."""
-    if src.is_file() and not src.name.lower().endswith(ARCHIVE_SUFFIXES):  # one photo: DST/<its name>
-        placed = output_target(dst, src.name, fmt_option)
+def enumerate_inputs(src: Location, dst: Location, fmt_option: str | None) -> Iterator[tuple[str, str, Job | Outcome]]:
+    """(relative path, output's path relative to DST, job or already-failed row) for every
+    image-named file in SRC, in sorted order (an archive's: in its order). Jobs are numbered later,
+    by `colorize`, together with the failed rows."""
+    kind = source_kind(src)
+    if kind == "photo":  # one photo: DST/<its name>
+        name = storage.name_of(src)
+        placed = output_target(dst, name, fmt_option)
         if placed:
-            yield src.name, Job(0, src.name, str(placed[0]), placed[1], source_file=str(src))
+            yield name, placed[2], Job(0, name, placed[0], placed[1], source_file=src)
         return
-    if src.is_file():
-        for item in archive_candidates(src, ARCHIVE_LIMITS):
-            member = item.path.split("!", 1)[1] if "!" in item.path else item.path
-            if isinstance(item, Rejected):
-                yield member, Outcome("failed", f"{item.reason} {item.detail}".strip())
-                continue
-            placed = output_target(dst, member, fmt_option)
-            if placed:
-                yield member, Job(0, member, str(placed[0]), placed[1], data=item.read())
+    if kind == "archive":
+        with storage.open_for_reading(src) as opened:
+            for item in archive_candidates(str(src), ARCHIVE_LIMITS, opened, is_zip=_is_zip(src)):
+                member = item.path.split("!", 1)[1] if "!" in item.path else item.path
+                if isinstance(item, Rejected):
+                    yield member, "", Outcome("failed", f"{item.reason} {item.detail}".strip())
+                    continue
+                placed = output_target(dst, member, fmt_option)
+                if placed:
+                    yield member, placed[2], Job(0, member, placed[0], placed[1], data=item.read())
         return
-    for path in sorted(src.rglob("*")):  # check_paths made sure that DST is not inside SRC
-        if path.is_dir() or path.suffix.lower() not in SUFFIX_FORMATS:
+    for relative, where, is_link in storage.files_under(src):  # check_paths made sure DST is not inside SRC
+        if not _is_image_name(relative):
             continue
-        relative = path.relative_to(src).as_posix()
-        if path.is_symlink():
-            yield relative, Outcome("failed", "link: symbolic links are not followed")
+        if is_link:
+            yield relative, "", Outcome("failed", "link: symbolic links are not followed")
             continue
         placed = output_target(dst, relative, fmt_option)
         if placed:
-            yield relative, Job(0, relative, str(placed[0]), placed[1], source_file=str(path))
+            yield relative, placed[2], Job(0, relative, placed[0], placed[1], source_file=where)
 
 
-def check_paths(src: Path, dst: Path, probe: bool = True) -> None:
+def _is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in SUFFIX_FORMATS
+
+
+def _is_zip(src: Location) -> bool:
+    return str(src).startswith("zip::") or storage.name_of(src).lower().endswith(".zip")
+
+
+def check_paths(src: Location, dst: Location, probe: bool = True) -> None:
     """SRC exists and is something colorize reads, SRC and DST don't overlap, and (`probe`) DST can be
     written: made if need be, and a file written and removed there."""
-    if not src.exists():
-        raise UserError(f"{src}: no such folder or archive")
-    src_real, dst_real = src.resolve(), dst.resolve()
-    overwrites_itself = src.is_file() and (dst_real / src.name) == src_real  # one photo into its own folder
-    if overwrites_itself or (src.is_dir() and (src_real.is_relative_to(dst_real) or dst_real.is_relative_to(src_real))):
+    try:
+        if not storage.exists(src):
+            raise UserError(f"{src}: no such folder or archive")
+        kind = source_kind(src)
+    except (OSError, ValueError) as e:  # a storage that refuses: no credentials, no such bucket
+        raise UserError(f"{src}: cannot read it ({type(e).__name__}: {e})") from None
+    overwrites_itself = kind == "photo" and storage.same_or_inside(storage.join(dst, storage.name_of(src)), src)
+    if overwrites_itself or (
+        kind == "folder" and (storage.same_or_inside(src, dst) or storage.same_or_inside(dst, src))
+    ):
         # SRC inside DST would read back outputs as inputs; DST inside SRC, the next run would.
         raise UserError(f"SRC {src} and DST {dst} overlap: choose a DST outside SRC (and SRC outside DST)")
-    if src.is_file() and not src.name.lower().endswith(ARCHIVE_SUFFIXES) and src.suffix.lower() not in SUFFIX_FORMATS:
+    if kind == "photo" and not _is_image_name(storage.name_of(src)):
         raise UserError(f"{src}: SRC must be a folder, a .zip/.tar/.tar.gz archive or an image file")
     if not probe:
         return
     try:
-        dst.mkdir(parents=True, exist_ok=True)
-        with atomic_path(dst / ".colorizer-write-test") as probe:
-            probe.write_bytes(b"")
-        (dst / ".colorizer-write-test").unlink()
+        if isinstance(dst, Path):
+            dst.mkdir(parents=True, exist_ok=True)
+        test = storage.join(dst, ".colorizer-write-test")
+        storage.write_bytes(test, b"")
+        storage.remove(test)
     except OSError as e:
         raise UserError(f"{dst}: cannot write here ({e.strerror or e})") from None
+    except Exception as e:  # a cloud SDK's own errors (missing credentials) are not OSErrors
+        raise UserError(f"{dst}: cannot write here ({type(e).__name__}: {e})") from None
 
 
-def remove_temp_leftovers(dst: Path) -> int:
-    """Half-written temp files of a run that was killed (their final names were never taken)."""
+def remove_temp_leftovers(dst: Location) -> int:
+    """Half-written temp files of a run that was killed (their final names were never taken). An
+    object store has none: each output is one request."""
     removed = 0
+    if not isinstance(dst, Path):
+        return 0
     for path in dst.rglob("*"):
         if path.is_file() and is_temp_name(path.name):
             path.unlink()
@@ -119,9 +155,13 @@ def remove_temp_leftovers(dst: Path) -> int:
 
 
 @contextmanager
-def dst_lock(dst: Path) -> Iterator[None]:
+def dst_lock(dst: Location) -> Iterator[None]:
     """One run at a time per DST: a second one would delete the first's temp files as leftovers and
-    overwrite its report. The OS drops the lock when a run dies, so a killed run never blocks the next."""
+    overwrite its report. The OS drops the lock when a run dies, so a killed run never blocks the next.
+    Object stores have no such lock: there, one run per DST is the user's to keep (README)."""
+    if not isinstance(dst, Path):
+        yield
+        return
     lock = FileLock(dst / LOCK_NAME, timeout=0)
     try:
         lock.acquire()

@@ -10,13 +10,13 @@ import io
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from colorizer.images import DecodedImage, RejectedImage, decode, save_colorized
+from colorizer import storage
+from colorizer.images import DecodedImage, RejectedImage, decode, encode_colorized
 from colorizer.lab import L_from_grey, L_from_rgb, lab_planes_to_rgb, normalize_L, to_uint8
 from colorizer.runtime import keep_freed_memory
 
@@ -27,13 +27,13 @@ class Job:
 
     index: int
     relative: str  # report path: relative to SRC, or the archive member name
-    target: str  # output file
+    target: storage.Location  # output file: a local path or a URL
     fmt: str  # output format
-    source_file: str | None = None
+    source_file: storage.Location | None = None
     data: bytes | None = None  # archive members arrive as bytes
 
     def read(self) -> bytes:
-        return self.data if self.data is not None else Path(self.source_file).read_bytes()
+        return self.data if self.data is not None else storage.read_bytes(self.source_file)
 
 
 @dataclass
@@ -142,9 +142,10 @@ def finish(prediction: Prediction, quality: int, max_pixels: int, description: s
     try:
         decoded = prediction.decoded or decode(job.read(), max_pixels)
         height, width = decoded.rgb.shape[:2]
-        save_colorized(
-            Path(job.target), recombine(decoded, prediction.ab_small), job.fmt, quality, decoded, description
-        )
+        rgb = recombine(decoded, prediction.ab_small)
+        # encoded in memory, then written whole: Pillow's JPEG writer takes a short write on a full
+        # disk for success, and a truncated file would be renamed into place and later skipped as done
+        storage.write_bytes(job.target, encode_colorized(rgb, job.fmt, quality, decoded, description))
     except (RejectedImage, OSError, ValueError) as e:  # e.g. the disk filled up: the file is not written
         return Outcome("failed", f"write failed: {e}"[:300])
     return Outcome("done", width=width, height=height, seconds=time.perf_counter() - started)

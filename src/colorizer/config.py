@@ -163,6 +163,11 @@ class ColorizeOptions(Section):
     max_pixels: int = Field(250_000_000, gt=0)  # decompression-bomb cap for one scan
     precision: Precision = "auto"
     report_seconds: bool = True  # the report's per-photo seconds (the showcase stage leaves them out)
+    engine: Literal["local", "ray"] = "local"  # ray: Ray Data on a cluster (the `ray` extra)
+    address: str | None = None  # the Ray cluster: auto, HOST:PORT; None: RAY_ADDRESS, else a local one
+    actors: int | None = Field(None, gt=0)  # model actors; None: one per GPU in the cluster, else 1
+    cpus_per_actor: float = Field(1.0, gt=0)  # the torch threads of each model actor, too
+    gpus_per_actor: float | None = Field(None, ge=0)  # None: 1 where the cluster has GPUs, else 0
 
     @classmethod
     def from_flags(cls, **values: Any) -> ColorizeOptions:

@@ -244,13 +244,6 @@ _ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
 _EXIF_ORIENTATION, _EXIF_DESCRIPTION, _EXIF_SOFTWARE = 0x0112, 0x010E, 0x0131
 
 
-def save_colorized(path: Path, rgb: np.ndarray, fmt: str, quality: int, source: DecodedImage, description: str) -> None:
-    """Write a colorized photo atomically (see `encode_colorized`). Encoded in memory, then written
-    whole: Pillow's JPEG writer takes a short write on a full disk for success, and the truncated file
-    would be renamed into place and later skipped as done."""
-    atomic_write_bytes(path, encode_colorized(rgb, fmt, quality, source, description))
-
-
 def encode_colorized(rgb: np.ndarray, fmt: str, quality: int, source: DecodedImage, description: str) -> bytes:
     """A colorized photo's file, keeping the source's alpha, EXIF and (RGB) ICC profile and recording
     where the colours came from in EXIF Software/ImageDescription (and PNG text)."""

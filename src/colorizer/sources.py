@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import stat
 import tarfile
 import time
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from colorizer.config import ArchiveConfig, DownloadConfig
 from colorizer.files import atomic_write_bytes
@@ -118,23 +120,31 @@ def unsafe_member_reason(name: str) -> str | None:
     return None
 
 
-def archive_candidates(path: Path, limits: ArchiveConfig) -> Iterator[Candidate | Rejected]:
+def archive_candidates(
+    path: Path | str, limits: ArchiveConfig, opened: IO[bytes] | None = None, is_zip: bool | None = None
+) -> Iterator[Candidate | Rejected]:
+    """The members of a zip or tar archive at `path` (a local file, or, read through the seekable
+    `opened`, any storage's: `path` then only names it), streamed one at a time; `is_zip` defaults
+    to what its name says."""
+    shown = path.as_posix() if isinstance(path, Path) else path
+    if is_zip is None:
+        is_zip = shown.lower().endswith(".zip")
     try:
-        if path.name.lower().endswith(".zip"):
-            yield from _zip_members(path, limits)
+        if is_zip:
+            yield from _zip_members(shown, opened or path, limits)
         else:
-            yield from _tar_members(path, limits)
+            yield from _tar_members(shown, opened or path, limits)
     except (zipfile.BadZipFile, tarfile.TarError, OSError, EOFError) as e:
-        yield Rejected(path.as_posix(), "bad archive", str(e))
+        yield Rejected(shown, "bad archive", str(e))
 
 
-def _zip_members(path: Path, limits: ArchiveConfig) -> Iterator[Candidate | Rejected]:
+def _zip_members(name: str, file: Path | IO[bytes], limits: ArchiveConfig) -> Iterator[Candidate | Rejected]:
     total = 0
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(file) as archive:
         for count, info in enumerate(archive.infolist()):
-            shown = readable(f"{path.as_posix()}!{info.filename}")
+            shown = readable(f"{name}!{info.filename}")
             if count >= limits.max_members:
-                yield Rejected(path.as_posix(), "archive limit", f"more than {limits.max_members} members")
+                yield Rejected(name, "archive limit", f"more than {limits.max_members} members")
                 return
             if info.is_dir():
                 continue
@@ -152,15 +162,21 @@ def _zip_members(path: Path, limits: ArchiveConfig) -> Iterator[Candidate | Reje
             yield _member(shown, data)
 
 
-def _tar_members(path: Path, limits: ArchiveConfig) -> Iterator[Candidate | Rejected]:
+def _tar_members(name: str, file: Path | IO[bytes], limits: ArchiveConfig) -> Iterator[Candidate | Rejected]:
     # Streamed (`for member in archive`), members read with extractfile(): nothing is extracted, so
     # tarfile's extraction filters (and their bypasses fixed after Python 3.11.7) never come into play.
-    total, packed_bytes = 0, path.stat().st_size
-    with tarfile.open(path, mode="r:*") as archive:
+    total = 0
+    if isinstance(file, Path):
+        packed_bytes, archive = file.stat().st_size, tarfile.open(file, mode="r:*")
+    else:
+        packed_bytes = file.seek(0, io.SEEK_END)
+        file.seek(0)
+        archive = tarfile.open(fileobj=file, mode="r:*")
+    with archive:
         for count, member in enumerate(archive):
-            shown = readable(f"{path.as_posix()}!{member.name}")
+            shown = readable(f"{name}!{member.name}")
             if count >= limits.max_members:
-                yield Rejected(path.as_posix(), "archive limit", f"more than {limits.max_members} members")
+                yield Rejected(name, "archive limit", f"more than {limits.max_members} members")
                 return
             if member.isdir():
                 continue

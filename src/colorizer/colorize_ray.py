@@ -1,0 +1,251 @@
+"""`colorizer colorize --engine ray`: the same three steps as the local engine, on a Ray cluster
+with Ray Data, the field's engine for batch inference of a torch model over files.
+
+Inputs are listed on the driver (the same `planned_inputs` as the local engine: what is skipped or
+refused is decided in one place) -> `prepare` on CPU tasks, which read each photo from its storage and
+pass on only its encoded bytes and the small model-size L plane (full decoded planes would fill the
+object store) -> a pool of model actors (`map_batches` with a callable class: the model loads once
+per actor, on a GPU where the cluster has them) -> `finish` on CPU tasks, which decode again, join the
+full-resolution L and write the output whole. Every failure is a row with its reason: one photo's
+exception never fails the dataset, which is what Ray does with an exception by default.
+
+The driver feeds the inputs in waves of at most `WAVE_ROWS` photos (or `WAVE_BYTES` of archive
+members, which only the driver can read out of their archive), so a listing of millions of photos or
+a multi-GB archive never sits in the driver's memory whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from colorizer import storage
+from colorizer.checkpoints import read_model_info
+from colorizer.colorize import (
+    NOT_FINITE,
+    REPORT_NAME,
+    Summary,
+    planned_inputs,
+    write_report,
+)
+from colorizer.colorize_inputs import count_inputs
+from colorizer.colorize_worker import Job, Outcome, Prediction, Prepared, finish, prepare
+from colorizer.config import ColorizeOptions, UserError
+from colorizer.files import progress
+from colorizer.storage import Location
+
+log = logging.getLogger(__name__)
+WAVE_ROWS = 4096
+WAVE_BYTES = 512 << 20
+# The decode and write tasks wait on their storage (an object store's latency) about as much as
+# they compute: half a CPU each runs two per core. It also keeps Ray from fusing the decode step
+# into the model actors (it fuses maps whose resources match), where it would hold up the model.
+TASK_CPUS = 0.5
+_NAME_COLUMNS = ("relative", "target", "source")
+
+
+def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: ColorizeOptions) -> Summary:
+    ray = connect(options.address)
+    info = read_model_info(Path(model_dir))
+    size = options.size or info["image_size"]
+    description = f"colorized by colorizer; model sha256 {info['model_sha256']}"
+    gpus = ray.cluster_resources().get("GPU", 0)
+    gpus_per_actor = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if gpus else 0.0)
+    actors = options.actors or (max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1)
+    log.debug(
+        "colorize on Ray: %d model actors, %s CPUs and %s GPUs each", actors, options.cpus_per_actor, gpus_per_actor
+    )
+
+    summary = Summary(progress(None, desc="colorize (ray)", total=count_inputs(src)))
+    started = time.perf_counter()
+    try:
+        for wave in _waves(src, dst, options, summary):
+            dataset = (
+                ray.data.from_items(wave)
+                .map(_prepare_row, fn_kwargs={"size": size, "max_pixels": options.max_pixels}, num_cpus=TASK_CPUS)
+                .map_batches(
+                    _ModelActor,
+                    fn_constructor_kwargs={"model_dir": str(model_dir), "options": options},
+                    batch_size=options.batch_size,
+                    batch_format="numpy",
+                    compute=ray.data.ActorPoolStrategy(size=actors),
+                    num_cpus=options.cpus_per_actor,
+                    num_gpus=gpus_per_actor,
+                )
+                .map(
+                    _finish_row,
+                    fn_kwargs={
+                        "quality": options.quality,
+                        "max_pixels": options.max_pixels,
+                        "description": description,
+                    },
+                )
+            )
+            for row in dataset.iter_rows():
+                outcome = Outcome(row["status"], row["reason"], row["width"], row["height"], row["seconds"])
+                summary.record_row(row["index"], _name(row["relative"]), outcome)
+    finally:
+        summary.bar.close()
+        write_report(storage.join(dst, REPORT_NAME), summary, options.report_seconds)
+    seconds = time.perf_counter() - started
+    done, skipped, failed = summary.count("done"), summary.count("skipped"), summary.count("failed")
+    log.info(
+        "colorize (ray, %d actors): %d done, %d skipped, %d failed in %.1f s (%.2f images/s); report: %s",
+        *(actors, done, skipped, failed, seconds, done / max(seconds, 1e-9), storage.join(dst, REPORT_NAME)),
+    )
+    return summary
+
+
+def connect(address: str | None):
+    """Ray, connected: to `address` (auto, HOST:PORT), else RAY_ADDRESS, else a new local Ray; an
+    already-connected driver (a notebook, a test) is used as it is."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--engine ray needs Ray: pip install 'colorizer[ray]' (or pip install 'ray[data]')") from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except ConnectionError as e:
+            raise UserError(f"--address {address}: no Ray cluster there ({e})") from None
+    context = ray.data.DataContext.get_current()  # imports ray.data, which sets up its own logging
+    context.enable_progress_bars = False  # ours counts photos, across waves
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on each dataset run; errors still show
+    return ray
+
+
+def _waves(src: Location, dst: Location, options: ColorizeOptions, summary: Summary) -> Iterator[list[dict]]:
+    """The jobs as Ray Data rows, a wave at a time; rows decided while listing go to the report."""
+    wave: list[dict] = []
+    held = 0
+    for index, relative, item in planned_inputs(src, dst, options):
+        if not isinstance(item, Job):
+            summary.record_row(index, relative, item)
+            continue
+        wave.append(_row(item))
+        held += len(item.data or b"")
+        if len(wave) >= WAVE_ROWS or held >= WAVE_BYTES:
+            yield wave
+            wave, held = [], 0
+    if wave:
+        yield wave
+
+
+# Rows carry names as bytes: a file name that is not valid UTF-8 (Python keeps its bytes as
+# surrogates) can't be an Arrow string, and Ray Data keeps rows in Arrow.
+def _row(job: Job) -> dict[str, Any]:
+    return {
+        "index": job.index,
+        "relative": _bytes(job.relative),
+        "target": _bytes(str(job.target)),
+        "target_is_url": isinstance(job.target, str),
+        "fmt": job.fmt,
+        "source": _bytes(str(job.source_file or "")),
+        "source_is_url": isinstance(job.source_file, str),
+        "data": job.data or b"",
+    }
+
+
+def _job(row: dict[str, Any]) -> Job:
+    target, source = _name(row["target"]), _name(row["source"])
+    return Job(
+        index=int(row["index"]),
+        relative=_name(row["relative"]),
+        target=target if row["target_is_url"] else Path(target),
+        fmt=row["fmt"],
+        source_file=(source if row["source_is_url"] else Path(source)) if source else None,
+        data=row["data"] or None,
+    )
+
+
+def _bytes(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _name(value: bytes) -> str:
+    return bytes(value).decode("utf-8", "surrogateescape")
+
+
+def _prepare_row(row: dict[str, Any], size: int, max_pixels: int) -> dict[str, Any]:
+    """A CPU task: read and decode the photo, make the model's input; a failure becomes the row's status."""
+    job = _job(row)
+    try:
+        data = job.read()
+        prepared = prepare(Job(job.index, job.relative, job.target, job.fmt, data=data), size, max_pixels)
+    except Exception as e:  # a storage error reading it: this photo fails, the run goes on
+        data, prepared = b"", Outcome("failed", f"unreadable: {type(e).__name__}: {e}"[:300])
+    blank = np.zeros((1, size, size), np.float32)
+    if isinstance(prepared, Prepared):
+        row.update(data=data, L_small=prepared.L_small, status="", reason="", seconds=prepared.seconds)
+        row.update(width=prepared.width, height=prepared.height)
+    else:
+        row.update(data=b"", L_small=blank, status=prepared.status, reason=prepared.reason, seconds=0.0)
+        row.update(width=-1, height=-1)  # not known: Arrow columns of ints, -1 for none
+    return row
+
+
+class _ModelActor:
+    """The generator, loaded once per actor, predicting a*b* for the batch's photos that are still
+    pending (status ""); the others pass through."""
+
+    def __init__(self, model_dir: str, options: ColorizeOptions):
+        import torch
+
+        from colorizer.inference import ModelRunner
+
+        # Ray starts its workers with OMP_NUM_THREADS=1: torch gets the CPUs this actor was given
+        torch.set_num_threads(max(1, int(options.cpus_per_actor)))
+        self.runner = ModelRunner(Path(model_dir), options)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from colorizer.inference import predict_in_halves
+
+        count = len(batch["index"])
+        size = batch["L_small"].shape[-1]
+        ab = np.zeros((count, 2, size, size), np.float32)
+        pending = [i for i in range(count) if batch["status"][i] == ""]
+        started = time.perf_counter()
+        results = predict_in_halves(self.runner.predict, [batch["L_small"][i] for i in pending]) if pending else []
+        share = (time.perf_counter() - started) / max(len(pending), 1)
+        status, reason = batch["status"].astype(object), batch["reason"].astype(object)
+        for i, result in zip(pending, results, strict=True):
+            if isinstance(result, Exception):
+                status[i], reason[i] = "failed", f"model error: {str(result)[:200]}"
+            elif not np.isfinite(result).all():  # a damaged model that still loads: never written as done
+                status[i], reason[i] = "failed", NOT_FINITE
+            else:
+                ab[i] = result
+        batch.update(ab_small=ab, status=status, reason=reason, seconds=batch["seconds"] + share)
+        del batch["L_small"]
+        return batch
+
+
+def _finish_row(row: dict[str, Any], quality: int, max_pixels: int, description: str) -> dict[str, Any]:
+    """A CPU task: decode the photo again, join its full-size L with the predicted a*b*, write it."""
+    job = _job(row)
+    width, height = (
+        (None if row["width"] < 0 else int(row["width"])),
+        (None if row["height"] < 0 else int(row["height"])),
+    )
+    if row["status"]:
+        outcome = Outcome(row["status"], row["reason"], width, height)
+    else:
+        try:
+            outcome = finish(Prediction(job, row["ab_small"], None, 0.0), quality, max_pixels, description)
+        except Exception as e:  # a storage error the writer did not expect: a row, never a failed dataset
+            outcome = Outcome("failed", f"write failed: {type(e).__name__}: {e}"[:300], width, height)
+    return {
+        "index": job.index,
+        "relative": row["relative"],
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "width": outcome.width,
+        "height": outcome.height,
+        "seconds": float(row["seconds"]) + outcome.seconds,
+    }
