@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import socket
 import subprocess
+import sys
 import time
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +19,7 @@ from PIL import Image
 
 from colorizer.synthetic import colourful, synthetic_shards
 
-__all__ = ["colourful", "encode", "resize_disk", "wait_for_files", "write_tiny_shards"]
+__all__ = ["colourful", "encode", "free_port", "resize_disk", "wait_for_files", "write_tiny_shards"]
 
 
 @pytest.fixture(autouse=True)
@@ -91,3 +96,75 @@ def wait_for_files(process: subprocess.Popen, *paths: Path, seconds: float = 120
             raise AssertionError(f"it ended first: {process.stderr.read()[-2000:] if process.stderr else ''}")
         assert time.monotonic() < deadline, f"{', '.join(map(str, paths))}: not there after {seconds} s"
         time.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint: str
+    environment: dict[str, str]  # what a process needs to reach it: endpoint and (test) credentials
+
+    def bucket(self, name: str):
+        """A new empty bucket; the s3fs filesystem to look into it."""
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.mkdir(name)
+        return fs
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-compatible server (moto's) on a free loopback port. Its endpoint and test credentials
+    are put in this process's environment for the session, so that everything started from here
+    (Ray's workers, dvc, mlflow) reaches it as a user's tools reach their S3 through the AWS variables."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1).close()
+            break
+        except OSError:
+            if server.poll() is not None:
+                raise AssertionError(f"moto server exited: {server.stderr.read()[-2000:]}") from None
+            assert time.monotonic() < deadline, "the S3 server did not come up"
+            time.sleep(0.2)
+    environment = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    before = {name: os.environ.get(name) for name in environment}
+    os.environ.update(environment)
+    yield S3Server(endpoint, environment)
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """A local Ray shared by the tests (2 CPUs, no dashboard), started after the S3 server so that
+    its workers inherit the endpoint. Yields its address, for drivers in other processes."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=300 << 20, logging_level=logging.WARNING)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

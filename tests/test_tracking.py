@@ -19,7 +19,7 @@ from colorizer import serving, tracking
 from colorizer.checkpoints import load_checkpoint
 from colorizer.colorize import colorize
 from colorizer.config import ColorizeOptions
-from tests.conftest import colourful, encode, wait_for_files
+from tests.conftest import colourful, encode, free_port, wait_for_files
 from tests.test_train import run_train, tiny_params
 
 
@@ -106,14 +106,9 @@ def wait_until_up(url: str, process: subprocess.Popen, seconds: float) -> None:
     raise AssertionError(f"{url} did not come up in {seconds} s")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(store: Path, port: int) -> tuple[subprocess.Popen, str]:
-    """A real `mlflow server` on 127.0.0.1:port with its SQLite store and artifacts under `store`."""
+def start_server(store: Path, port: int, artifacts: str | None = None) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on 127.0.0.1:port with its SQLite store under `store` and its artifacts
+    there too, or at `artifacts` (a bucket's URL)."""
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     server = subprocess.Popen(
         [
@@ -128,7 +123,7 @@ def start_server(store: Path, port: int) -> tuple[subprocess.Popen, str]:
             "--backend-store-uri",
             f"sqlite:///{store / 'server.db'}",
             "--artifacts-destination",
-            str(store / "server-artifacts"),
+            artifacts or str(store / "server-artifacts"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -219,7 +214,6 @@ def test_training_logs_through_a_real_mlflow_server(tiny_shards, tmp_path, mlflo
 
 
 def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(monkeypatch, tiny_shards, tmp_path):
-    import socket
     import time
 
     from colorizer.config import UserError, parse_params

@@ -17,6 +17,7 @@ a multi-GB archive never sits in the driver's memory whole.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,7 @@ from colorizer.colorize import (
     planned_inputs,
     write_report,
 )
-from colorizer.colorize_inputs import count_inputs
+from colorizer.colorize_inputs import count_inputs, remove_temp_leftovers
 from colorizer.colorize_worker import Job, Outcome, Prediction, Prepared, finish, prepare
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.files import progress
@@ -46,6 +47,7 @@ WAVE_BYTES = 512 << 20
 # they compute: half a CPU each runs two per core. It also keeps Ray from fusing the decode step
 # into the model actors (it fuses maps whose resources match), where it would hold up the model.
 TASK_CPUS = 0.5
+STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
 _NAME_COLUMNS = ("relative", "target", "source")
 
 
@@ -61,6 +63,7 @@ def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: Co
         "colorize on Ray: %d model actors, %s CPUs and %s GPUs each", actors, options.cpus_per_actor, gpus_per_actor
     )
 
+    remove_temp_leftovers(dst)
     summary = Summary(progress(None, desc="colorize (ray)", total=count_inputs(src)))
     started = time.perf_counter()
     try:
@@ -109,8 +112,16 @@ def connect(address: str | None):
     except ImportError:
         raise UserError("--engine ray needs Ray: pip install 'colorizer[ray]' (or pip install 'ray[data]')") from None
     if not ray.is_initialized():
+        # the storage credentials and endpoints this driver was given reach its tasks and actors too
+        # (a cluster's workers don't inherit the driver's environment)
+        storage_env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
         try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            ray.init(
+                address=address,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                runtime_env={"env_vars": storage_env} if storage_env else None,
+            )
         except ConnectionError as e:
             raise UserError(f"--address {address}: no Ray cluster there ({e})") from None
     context = ray.data.DataContext.get_current()  # imports ray.data, which sets up its own logging
@@ -149,6 +160,7 @@ def _row(job: Job) -> dict[str, Any]:
         "source": _bytes(str(job.source_file or "")),
         "source_is_url": isinstance(job.source_file, str),
         "data": job.data or b"",
+        "has_data": job.data is not None,  # an archive member may be empty: b"" is data too
     }
 
 
@@ -160,7 +172,7 @@ def _job(row: dict[str, Any]) -> Job:
         target=target if row["target_is_url"] else Path(target),
         fmt=row["fmt"],
         source_file=(source if row["source_is_url"] else Path(source)) if source else None,
-        data=row["data"] or None,
+        data=row["data"] if row["has_data"] else None,
     )
 
 
@@ -182,7 +194,7 @@ def _prepare_row(row: dict[str, Any], size: int, max_pixels: int) -> dict[str, A
         data, prepared = b"", Outcome("failed", f"unreadable: {type(e).__name__}: {e}"[:300])
     blank = np.zeros((1, size, size), np.float32)
     if isinstance(prepared, Prepared):
-        row.update(data=data, L_small=prepared.L_small, status="", reason="", seconds=prepared.seconds)
+        row.update(data=data, has_data=True, L_small=prepared.L_small, status="", reason="", seconds=prepared.seconds)
         row.update(width=prepared.width, height=prepared.height)
     else:
         row.update(data=b"", L_small=blank, status=prepared.status, reason=prepared.reason, seconds=0.0)

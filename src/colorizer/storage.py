@@ -128,6 +128,7 @@ def files_under(root: Location) -> Iterator[tuple[str, Location, bool]]:
         return
     fs, base = filesystem(root)
     base = base.rstrip("/")
+    fs.invalidate_cache(base)  # a listing cached earlier in this process may miss what others wrote since
     for path in sorted(fs.find(base)):
         relative = path[len(base) :].lstrip("/")
         if relative:
@@ -146,9 +147,10 @@ def relative_files(root: Location) -> set[str]:
             found.update(name if prefix == "." else f"{prefix}/{name}" for name in names if not is_temp_name(name))
         return found
     fs, base = filesystem(root)
+    base = base.rstrip("/")
+    fs.invalidate_cache(base)  # as in files_under
     if not fs.exists(base):
         return set()
-    base = base.rstrip("/")
     return {path[len(base) :].lstrip("/") for path in fs.find(base)} - {""}
 
 

@@ -2,13 +2,14 @@
 
 import json
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import dvc.api
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.repo import TINY_PIPELINE, clone_repo, make_run, run, set_params
+from tests.integration.repo import TINY_PIPELINE, clone_repo, env, make_run, run, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +68,43 @@ def test_a_second_fresh_clone_reproduces_every_tracked_output(pipeline_repo, tmp
     for tracked in ("dvc.lock", "metrics/train.json", "metrics/evaluate.json", "plots/train.csv"):
         baseline = run(pipeline_repo, "git", "show", f"HEAD:{tracked}").stdout
         assert (root / tracked).read_text() == baseline, f"{tracked} differs between two runs"
+
+
+def test_an_s3_remote_carries_the_pipeline_to_a_fresh_clone(pipeline_repo, tmp_path, s3_server):
+    """README's "Data and models in a bucket": the baseline's data, shards and model pushed to a DVC
+    remote in a bucket; a fresh clone pulls them and has nothing to re-run. The credentials live in
+    each clone's .dvc/config.local (never committed), not in the environment."""
+    root = pipeline_repo
+    fs = s3_server.bucket("dvc-remote")
+    without_aws = {k: v for k, v in env().items() if not k.startswith("AWS_")}
+
+    def dvc(cwd, *args):
+        done = subprocess.run(["dvc", *args], cwd=cwd, env=without_aws, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"dvc {' '.join(args)}: {done.stdout}{done.stderr}"
+        return done.stdout
+
+    def credentials(cwd):
+        dvc(cwd, "remote", "modify", "--local", "store", "access_key_id", "testing")
+        dvc(cwd, "remote", "modify", "--local", "store", "secret_access_key", "testing")
+
+    dvc(root, "remote", "add", "-d", "store", "s3://dvc-remote/cache")
+    dvc(root, "remote", "modify", "store", "endpointurl", s3_server.endpoint)
+    credentials(root)
+    run(root, "git", "commit", "-qm", "a remote in a bucket", ".dvc/config")
+    dvc(root, "push")
+    assert fs.find("dvc-remote/cache")
+
+    fresh = tmp_path / "fresh"
+    run(tmp_path, "git", "clone", "-q", str(root), str(fresh))
+    assert not (fresh / ".dvc" / "config.local").exists()  # the credentials stayed out of git
+    credentials(fresh)
+    dvc(fresh, "pull")
+    for output in ("work/model/generator.safetensors", "work/shards"):
+        assert (fresh / output).exists(), output
+    model = "work/model/generator.safetensors"
+    assert (fresh / model).read_bytes() == (root / model).read_bytes()
+    assert dvc(fresh, "status").strip() == "Data and pipelines are up to date."
+    assert "Running stage" not in dvc(fresh, "repro")
 
 
 def test_exp_run_and_exp_show_side_by_side(pipeline_repo):

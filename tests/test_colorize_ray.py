@@ -1,0 +1,136 @@
+"""`colorize --engine ray` on a real local Ray (the session's `ray_cluster`): the same files and
+report rows as the local engine, and a killed run that resumes."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from colorizer.checkpoints import export_model
+from colorizer.colorize import REPORT_NAME, colorize
+from colorizer.config import ColorizeOptions, UserError
+from colorizer.files import is_temp_name
+from colorizer.models import Discriminator, Generator
+from tests.conftest import colourful, encode
+
+pytestmark = pytest.mark.slow  # a Ray start, and a driver process that connects to it
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(1)
+    out = tmp_path_factory.mktemp("model")
+    export_model(out, Generator([8, 16, 16, 16, 16], 32).eval(), Discriminator([8, 16]), {})
+    return out
+
+
+def scans(folder: Path, count: int = 6) -> Path:
+    """Grey and colour photos of several sizes and formats, nested, and files that fail."""
+    (folder / "box 1").mkdir(parents=True)
+    for i in range(count):
+        grey = Image.fromarray(colourful(40 + 9 * i, 30 + 5 * i, seed=i)).convert("L")
+        grey.save(folder / ("box 1" if i % 2 else ".") / f"scan {i}.jpg", quality=90)
+    Image.fromarray(colourful(50, 40, seed=9)).save(folder / "colour.png")
+    Image.fromarray(colourful(33, 21, seed=8)).convert("LA").save(folder / "box 1" / "alpha.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / os.fsdecode(b"caf\xe9.png")).write_bytes(encode(Image.fromarray(colourful(20, 20, seed=3))))
+    return folder
+
+
+def rows(dst: Path) -> pd.DataFrame:
+    """The report without its timings. Read with the csv module: a name that is not UTF-8 comes back as
+    the same bytes (as surrogates), which pandas' Arrow strings can't hold."""
+    with open(dst / REPORT_NAME, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        records = list(csv.DictReader(f))
+    table = pd.DataFrame(records, columns=["path", "status", "reason", "width", "height"], dtype=object)
+    table["path"] = table.path.map(ascii)
+    return table.set_index("path").sort_index()
+
+
+def outputs(dst: Path) -> dict[str, bytes]:
+    return {p.relative_to(dst).as_posix(): p.read_bytes() for p in dst.rglob("*") if p.is_file()} | {REPORT_NAME: b""}
+
+
+def test_the_ray_engine_writes_what_the_local_engine_writes(tmp_path, model_dir, ray_cluster):
+    src = scans(tmp_path / "src")
+    archive = tmp_path / "scans.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(src.rglob("*")):
+            if path.is_file() and path.name.isprintable():  # a zip can't hold a name that isn't UTF-8
+                z.write(path, path.relative_to(src).as_posix())
+        z.writestr("../escape.jpg", (src / "scan 0.jpg").read_bytes())
+    tar = tmp_path / "scans.tar.gz"
+    with tarfile.open(tar, "w:gz") as t:
+        t.add(src, arcname="")
+
+    for source in (src, archive, tar, src / "colour.png"):
+        local, ray = tmp_path / f"local-{source.name}", tmp_path / f"ray-{source.name}"
+        colorize(source, local, model_dir, ColorizeOptions(workers=1, batch_size=3))
+        summary = colorize(source, ray, model_dir, ColorizeOptions(engine="ray", batch_size=3))
+
+        pd.testing.assert_frame_equal(rows(ray), rows(local))
+        assert outputs(ray) | {REPORT_NAME: b""} == outputs(local)  # the same files, the same bytes
+        assert summary.count("done") == (rows(local).status == "done").sum() > 0
+    failed = rows(tmp_path / f"ray-{src.name}").query("status == 'failed'")
+    assert sorted(failed.index) == [ascii("broken.jpg"), ascii("empty.png")]
+    assert rows(tmp_path / "ray-scans.zip").loc[ascii("../escape.jpg"), "reason"].startswith("unsafe path")
+
+
+def test_a_killed_ray_run_resumes_with_nothing_half_written(tmp_path, model_dir, ray_cluster):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(160):
+        Image.fromarray(colourful(64, 48, seed=i)).convert("L").save(src / f"{i:03}.jpg")
+    dst = tmp_path / "dst"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "colorizer", "colorize", str(src), str(dst), "--model", str(model_dir)]
+        + ["--engine", "ray", "--address", ray_cluster, "--batch-size", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 180
+    while len(list(dst.glob("*.jpg"))) < 5:
+        assert driver.poll() is None, f"it ended first: {driver.stderr.read()[-2000:]}"
+        assert time.monotonic() < deadline, "no outputs after 180 s"
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    time.sleep(2)  # Ray ends the dead driver's tasks; a write under way may still finish meanwhile
+    before = {p.name for p in dst.glob("*.jpg")}
+    for name in before:
+        Image.open(dst / name).load()  # every output there is whole
+
+    summary = colorize(src, dst, model_dir, ColorizeOptions(engine="ray", batch_size=8))
+    table = rows(dst)
+    assert set(table.query("status == 'skipped'").index) == set(map(ascii, before))
+    assert set(table.query("status == 'done'").index) == {ascii(f"{i:03}.jpg") for i in range(160)} - set(
+        map(ascii, before)
+    )
+    assert 0 < summary.count("done") < 160
+    assert not [p for p in dst.rglob("*") if is_temp_name(p.name)]  # a killed write's temp file is cleared
+    colorize(src, tmp_path / "local", model_dir, ColorizeOptions(workers=1))
+    for i in (0, 80, 159):
+        name = f"{i:03}.jpg"
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(dst / name)), np.asarray(Image.open(tmp_path / "local" / name))
+        )
+
+
+def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where it is not installed
+    src = scans(tmp_path / "src", count=1)
+    with pytest.raises(UserError, match=r"pip install 'colorizer\[ray\]'"):
+        colorize(src, tmp_path / "dst", model_dir, ColorizeOptions(engine="ray"))

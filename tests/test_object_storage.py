@@ -1,0 +1,108 @@
+"""Object storage for real: a moto S3 server on 127.0.0.1 (the session's `s3_server`) as the place
+colorize reads and writes with both engines, and as MLflow's artifact store."""
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from colorizer.checkpoints import export_model
+from colorizer.cli import main
+from colorizer.colorize import REPORT_NAME, colorize
+from colorizer.config import ColorizeOptions, UserError
+from colorizer.models import Discriminator, Generator
+from colorizer.train import train
+from tests.conftest import colourful, free_port
+from tests.test_tracking import start_server, stop_server
+from tests.test_train import tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(2)
+    out = tmp_path_factory.mktemp("model")
+    export_model(out, Generator([8, 16, 16, 16, 16], 32).eval(), Discriminator([8, 16]), {})
+    return out
+
+
+def photos(folder):
+    (folder / "roll 2").mkdir(parents=True)
+    for i in range(5):
+        Image.fromarray(colourful(60 + 7 * i, 40, seed=i)).convert("L").save(
+            folder / ("roll 2" if i % 2 else "") / f"{i}.jpg"
+        )
+    (folder / "bad.png").write_bytes(b"\x89PNG broken")
+    return folder
+
+
+def listing(fs, root: str) -> dict[str, bytes]:
+    fs.invalidate_cache()
+    return {path[len(root) + 1 :]: fs.cat_file(path) for path in fs.find(root)}
+
+
+def test_colorize_reads_and_writes_s3_with_both_engines(tmp_path, model_dir, s3_server, ray_cluster):
+    fs = s3_server.bucket("archive")
+    src = photos(tmp_path / "src")
+    fs.put(str(src), "archive/scans", recursive=True)
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w") as z:
+        for path in sorted(src.rglob("*.*")):
+            z.write(path, path.relative_to(src).as_posix())
+    fs.pipe_file("archive/scans.zip", packed.getvalue())
+    on_disk = tmp_path / "on-disk"
+    colorize(src, on_disk, model_dir, ColorizeOptions(workers=1))
+    expected = {p.relative_to(on_disk).as_posix(): p.read_bytes() for p in on_disk.rglob("*.*")}
+    del expected[REPORT_NAME]
+
+    runs = {
+        "local": ("s3://archive/scans", {}),
+        "ray": ("s3://archive/scans", {"engine": "ray"}),
+        "zip-chain": ("zip::s3://archive/scans.zip", {}),
+        "zip-object": ("s3://archive/scans.zip", {"engine": "ray"}),
+    }
+    for name, (source, options) in runs.items():
+        summary = colorize(source, f"s3://archive/out-{name}", model_dir, ColorizeOptions(workers=1, **options))
+        written = listing(fs, f"archive/out-{name}")
+        report = written.pop(REPORT_NAME).decode()
+        assert written == expected, name  # the same bytes as on a local disk, at the same relative paths
+        assert "bad.png,failed,not an image" in report and (summary.count("done"), summary.count("failed")) == (5, 1)
+
+    again = colorize("s3://archive/scans", "s3://archive/out-local", model_dir, ColorizeOptions(engine="ray"))
+    assert (again.count("skipped"), again.count("done")) == (5, 0)  # known from one listing of DST
+
+
+def test_storage_mistakes_are_one_line(tmp_path, model_dir, s3_server, capsys):
+    fs = s3_server.bucket("mistakes")
+    fs.pipe_file("mistakes/in/a.jpg", b"x")
+    assert main(["colorize", "s3://mistakes/in", "s3://mistakes/in/out", "--model", str(model_dir)]) == 2
+    assert "overlap" in capsys.readouterr().err
+    assert main(["colorize", "s3://no-such-bucket/in", str(tmp_path / "out"), "--model", str(model_dir)]) == 2
+    assert "s3://no-such-bucket/in: no such folder or archive" in capsys.readouterr().err
+    with pytest.raises(UserError, match="gopher"):
+        colorize("gopher://host/x", tmp_path / "out", model_dir)
+
+
+def test_an_mlflow_server_keeps_the_runs_artifacts_in_the_bucket(tiny_shards, tmp_path, s3_server, monkeypatch):
+    fs = s3_server.bucket("mlflow-artifacts")
+    server, url = start_server(tmp_path, free_port(), artifacts="s3://mlflow-artifacts/runs")
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+        out = tmp_path / "out"
+        train(tiny_params(epochs=1), tiny_shards, out / "model", out / "state", out / "plots.csv", out / "m.json")
+        client = MlflowClient(url)
+        [run] = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
+    finally:
+        stop_server(server)
+    stored = listing(fs, "mlflow-artifacts/runs")
+    assert any(name.endswith("/MLmodel") for name in stored)  # the logged model, in the bucket
+    [weights] = [data for name, data in stored.items() if name.endswith("generator.safetensors")]
+    assert weights[:8] != b"\0" * 8 and len(weights) > 1000
+    assert not (tmp_path / "server-artifacts").exists() and run.info.status == "FINISHED"
+    assert np.isfinite(run.data.metrics["val_g_l1"])
