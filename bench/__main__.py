@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import ddp_scaling
-from bench.common import matmul_gflops, sync, time_calls
+from bench import ddp_scaling, ray_engine
+from bench.common import matmul_gflops, sync, time_calls, write_jpegs
 from colorizer.checkpoints import export_model
 from colorizer.config import PIX2PIX_WIDTHS, ColorizeOptions, ModelConfig, TrainConfig, parse_params
 from colorizer.devices import autocast_dtype, pick_device
@@ -148,17 +148,6 @@ def bench_infer(model_dir: Path, device: torch.device, repeats: int) -> dict:
         predict = ModelRunner(model_dir, ColorizeOptions(device=device.type)).predict
         seconds.append(time_calls(functools.partial(predict, batch), device, repeats=repeats, min_seconds=1.5))
     return {"infer_img_s": BATCH / statistics.median(seconds)}
-
-
-def write_jpegs(folder: Path, count: int, width: int = 1024, height: int = 768) -> None:
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:height, 0:width]
-    for i in range(count):
-        grey = (127 + 100 * np.sin(x / (40 + i) + y / 60) + rng.normal(0, 8, (height, width))).clip(0, 255)
-        Image.fromarray(grey.astype(np.uint8)).save(folder / f"scan_{i:03d}.jpg", quality=90)
 
 
 # One `colorize` call per fresh interpreter (bench/colorize_e2e.py), as under the `colorizer` command:
@@ -342,6 +331,8 @@ def main() -> None:
         figures |= peak_memory(root, model_dir)
         print("torchrun: 1 and 2 ranks ...", file=sys.stderr)
         figures |= ddp_scaling.main()
+        print("colorize on Ray: local engine, 1 and 2 actors ...", file=sys.stderr)
+        figures |= ray_engine.main(root / "ray", model_dir)
     sync(device)
     print_table(figures)
     figures = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in figures.items()}
@@ -395,6 +386,7 @@ def print_table(f: dict) -> None:
             f"speedup {f['ddp_speedup']:.2f}x, efficiency {f['ddp_scaling_efficiency']:.2f} "
             f"(threads per rank {f['ddp_threads_per_rank']})",
         ),
+        *ray_engine.table_rows(f),
         (
             "peak RSS: train 256 preset / colorize 6000x4000 (MiB)",
             f"{f['train_peak_rss_mib']:.0f} / {f['colorize_6000x4000_peak_rss_mib']:.0f}",

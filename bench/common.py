@@ -5,7 +5,9 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -37,3 +39,14 @@ def matmul_gflops(dtype: torch.dtype, device: torch.device, n: int = 4096) -> fl
     b = torch.randn(n, n, device=device).to(dtype)
     seconds = time_calls(lambda: torch.mm(a, b), device, warmup=2, repeats=5, min_seconds=1.0)
     return 2 * n**3 / seconds / 1e9
+
+
+def write_jpegs(folder: Path, count: int, width: int = 1024, height: int = 768) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    for i in range(count):
+        grey = (127 + 100 * np.sin(x / (40 + i) + y / 60) + rng.normal(0, 8, (height, width))).clip(0, 255)
+        Image.fromarray(grey.astype(np.uint8)).save(folder / f"scan_{i:03d}.jpg", quality=90)

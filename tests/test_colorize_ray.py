@@ -108,8 +108,7 @@ def test_a_killed_ray_run_resumes_with_nothing_half_written(tmp_path, model_dir,
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    time.sleep(2)  # Ray ends the dead driver's tasks; a write under way may still finish meanwhile
-    before = {p.name for p in dst.glob("*.jpg")}
+    before = settled({p.name for p in dst.glob("*.jpg")}, lambda: {p.name for p in dst.glob("*.jpg")})
     for name in before:
         Image.open(dst / name).load()  # every output there is whole
 
@@ -127,6 +126,19 @@ def test_a_killed_ray_run_resumes_with_nothing_half_written(tmp_path, model_dir,
         np.testing.assert_array_equal(
             np.asarray(Image.open(dst / name)), np.asarray(Image.open(tmp_path / "local" / name))
         )
+
+
+def settled(value, look, quiet_seconds: float = 3.0, limit_seconds: float = 60.0):
+    """`look()` once it has not changed for `quiet_seconds`: Ray ends a dead driver's tasks within
+    moments, and a write under way then may still finish."""
+    deadline, quiet_since = time.monotonic() + limit_seconds, time.monotonic()
+    while time.monotonic() - quiet_since < quiet_seconds:
+        assert time.monotonic() < deadline, "the outputs kept changing after the driver died"
+        time.sleep(0.25)
+        now = look()
+        if now != value:
+            value, quiet_since = now, time.monotonic()
+    return value
 
 
 def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path, model_dir, monkeypatch):

@@ -73,7 +73,7 @@ def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: Co
                 .map(_prepare_row, fn_kwargs={"size": size, "max_pixels": options.max_pixels}, num_cpus=TASK_CPUS)
                 .map_batches(
                     _ModelActor,
-                    fn_constructor_kwargs={"model_dir": str(model_dir), "options": options},
+                    fn_constructor_kwargs={"model_dir": str(Path(model_dir).absolute()), "options": options},
                     batch_size=options.batch_size,
                     batch_format="numpy",
                     compute=ray.data.ActorPoolStrategy(size=actors),
@@ -149,15 +149,16 @@ def _waves(src: Location, dst: Location, options: ColorizeOptions, summary: Summ
 
 
 # Rows carry names as bytes: a file name that is not valid UTF-8 (Python keeps its bytes as
-# surrogates) can't be an Arrow string, and Ray Data keeps rows in Arrow.
+# surrogates) can't be an Arrow string, and Ray Data keeps rows in Arrow. Local paths go absolute:
+# a cluster's workers don't share the driver's working directory.
 def _row(job: Job) -> dict[str, Any]:
     return {
         "index": job.index,
         "relative": _bytes(job.relative),
-        "target": _bytes(str(job.target)),
+        "target": _bytes(_absolute(job.target)),
         "target_is_url": isinstance(job.target, str),
         "fmt": job.fmt,
-        "source": _bytes(str(job.source_file or "")),
+        "source": _bytes(_absolute(job.source_file) if job.source_file else ""),
         "source_is_url": isinstance(job.source_file, str),
         "data": job.data or b"",
         "has_data": job.data is not None,  # an archive member may be empty: b"" is data too
@@ -174,6 +175,10 @@ def _job(row: dict[str, Any]) -> Job:
         source_file=(source if row["source_is_url"] else Path(source)) if source else None,
         data=row["data"] if row["has_data"] else None,
     )
+
+
+def _absolute(where: Location) -> str:
+    return where if isinstance(where, str) else str(where.absolute())
 
 
 def _bytes(name: str) -> bytes:
