@@ -36,11 +36,17 @@ def main(root: Path, model_dir: Path) -> dict:
     from colorizer.config import ColorizeOptions
 
     write_jpegs(root / "scans", PHOTOS)
+    actor_cpus = max(1, (os.cpu_count() or 2) - 1)  # one CPU left for the decode and write tasks
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     engines = {
         "local": ColorizeOptions(batch_size=BATCH),
-        "ray_1actor": ColorizeOptions(batch_size=BATCH, engine="ray", actors=1, gpus_per_actor=0),
-        "ray_2actor": ColorizeOptions(batch_size=BATCH, engine="ray", actors=2, gpus_per_actor=0),
+        "ray_1actor": ColorizeOptions(
+            batch_size=BATCH, engine="ray", actors=1, cpus_per_actor=actor_cpus, gpus_per_actor=0
+        ),
+        # two actors on the CPUs one had, as each actor's CPUs must leave room for the decode and write tasks
+        "ray_2actor": ColorizeOptions(
+            batch_size=BATCH, engine="ray", actors=2, cpus_per_actor=actor_cpus / 2, gpus_per_actor=0
+        ),
     }
     if torch.cuda.is_available():
         engines["ray_gpu_actor"] = ColorizeOptions(batch_size=BATCH, engine="ray", actors=1, gpus_per_actor=1)

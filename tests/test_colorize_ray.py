@@ -102,13 +102,17 @@ def test_a_killed_ray_run_resumes_with_nothing_half_written(tmp_path, model_dir,
         text=True,
     )
     deadline = time.monotonic() + 180
-    while len(list(dst.glob("*.jpg"))) < 5:
+    while len([p for p in dst.glob("*.jpg") if not is_temp_name(p.name)]) < 5:
         assert driver.poll() is None, f"it ended first: {driver.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline, "no outputs after 180 s"
         time.sleep(0.05)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    before = settled({p.name for p in dst.glob("*.jpg")}, lambda: {p.name for p in dst.glob("*.jpg")})
+
+    def outputs_there():
+        return {p.name for p in dst.glob("*.jpg") if not is_temp_name(p.name)}
+
+    before = settled(outputs_there(), outputs_there)
     for name in before:
         Image.open(dst / name).load()  # every output there is whole
 
@@ -146,3 +150,9 @@ def test_without_ray_installed_the_engine_says_how_to_install_it(tmp_path, model
     src = scans(tmp_path / "src", count=1)
     with pytest.raises(UserError, match=r"pip install 'colorizer\[ray\]'"):
         colorize(src, tmp_path / "dst", model_dir, ColorizeOptions(engine="ray"))
+
+
+def test_actors_that_would_take_every_cpu_are_refused_by_name(tmp_path, model_dir, ray_cluster):
+    src = scans(tmp_path / "src", count=1)
+    with pytest.raises(UserError, match=r"--actors 2 x --cpus-per-actor 1 leave no CPU .* \(2 CPUs\)"):
+        colorize(src, tmp_path / "dst", model_dir, ColorizeOptions(engine="ray", actors=2))

@@ -59,6 +59,12 @@ def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: Co
     gpus = ray.cluster_resources().get("GPU", 0)
     gpus_per_actor = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if gpus else 0.0)
     actors = options.actors or (max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if actors * options.cpus_per_actor + TASK_CPUS > cpus:  # the tasks would wait forever for a CPU
+        raise UserError(
+            f"--actors {actors} x --cpus-per-actor {options.cpus_per_actor:g} leave no CPU for the decode and "
+            f"write tasks on this Ray cluster ({cpus:g} CPUs): use fewer actors or fewer CPUs per actor"
+        )
     log.debug(
         "colorize on Ray: %d model actors, %s CPUs and %s GPUs each", actors, options.cpus_per_actor, gpus_per_actor
     )
@@ -69,7 +75,8 @@ def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: Co
     try:
         for wave in _waves(src, dst, options, summary):
             dataset = (
-                ray.data.from_items(wave)
+                # blocks of a model batch each: one decode task per block, not one per photo
+                ray.data.from_items(wave, override_num_blocks=-(-len(wave) // options.batch_size))
                 .map(_prepare_row, fn_kwargs={"size": size, "max_pixels": options.max_pixels}, num_cpus=TASK_CPUS)
                 .map_batches(
                     _ModelActor,
@@ -92,6 +99,7 @@ def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: Co
             for row in dataset.iter_rows():
                 outcome = Outcome(row["status"], row["reason"], row["width"], row["height"], row["seconds"])
                 summary.record_row(row["index"], _name(row["relative"]), outcome)
+            log.debug("Ray Data's figures for this wave:\n%s", dataset.stats())
     finally:
         summary.bar.close()
         write_report(storage.join(dst, REPORT_NAME), summary, options.report_seconds)
