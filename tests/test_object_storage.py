@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import s3fs
 import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -77,7 +78,7 @@ def test_colorize_reads_and_writes_s3_with_both_engines(tmp_path, model_dir, s3_
     assert (again.count("skipped"), again.count("done")) == (5, 0)  # known from one listing of DST
 
 
-def test_storage_mistakes_are_one_line(tmp_path, model_dir, s3_server, capsys):
+def test_storage_mistakes_are_one_line(tmp_path, model_dir, s3_server, capsys, monkeypatch):
     fs = s3_server.bucket("mistakes")
     fs.pipe_file("mistakes/in/a.jpg", b"x")
     assert main(["colorize", "s3://mistakes/in", "s3://mistakes/in/out", "--model", str(model_dir)]) == 2
@@ -86,6 +87,15 @@ def test_storage_mistakes_are_one_line(tmp_path, model_dir, s3_server, capsys):
     assert "s3://no-such-bucket/in: no such folder or archive" in capsys.readouterr().err
     with pytest.raises(UserError, match="gopher"):
         colorize("gopher://host/x", tmp_path / "out", model_dir)
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    s3fs.S3FileSystem.clear_instance_cache()  # the cached clients hold the credentials they found
+    assert main(["colorize", "s3://mistakes/in", str(tmp_path / "out"), "--model", str(model_dir)]) == 2
+    assert "s3://mistakes/in: cannot read it (NoCredentialsError" in capsys.readouterr().err
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_an_mlflow_server_keeps_the_runs_artifacts_in_the_bucket(tiny_shards, tmp_path, s3_server, monkeypatch):

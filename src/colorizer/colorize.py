@@ -250,8 +250,9 @@ def write_report(path: Location, summary: Summary, seconds: bool = True) -> None
         writer.writerow([relative, o.status, o.reason, *size] + ([round(o.seconds, 4)] if seconds else []))
     try:
         storage.write_bytes(path, text.getvalue().encode("utf-8", "surrogateescape"))
-    except OSError as e:
+    except Exception as e:  # a full disk, or an object store that refuses (the cloud SDKs' own errors)
+        why = getattr(e, "strerror", None) or e
         raise UserError(
-            f"{path}: could not write the report ({e.strerror or e}); every output written is complete: "
+            f"{path}: could not write the report ({why}); every output written is complete: "
             "make room and rerun to finish"
         ) from None

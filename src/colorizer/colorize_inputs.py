@@ -117,7 +117,9 @@ def check_paths(src: Location, dst: Location, probe: bool = True) -> None:
         if not storage.exists(src):
             raise UserError(f"{src}: no such folder or archive")
         kind = source_kind(src)
-    except (OSError, ValueError) as e:  # a storage that refuses: no credentials, no such bucket
+    except UserError:
+        raise
+    except Exception as e:  # a storage that refuses: no credentials (the cloud SDKs' errors share no base class)
         raise UserError(f"{src}: cannot read it ({type(e).__name__}: {e})") from None
     overwrites_itself = kind == "photo" and storage.same_or_inside(storage.join(dst, storage.name_of(src)), src)
     if overwrites_itself or (

@@ -44,7 +44,8 @@ def filesystem(url: str):
     try:
         return fsspec.core.url_to_fs(url)
     except ImportError as e:  # fsspec names the package, e.g. "Install s3fs to access S3"
-        raise UserError(f"{url}: {e}; for S3: pip install 'colorizer[s3]'") from None
+        extra = "; pip install 'colorizer[s3]'" if url.startswith(("s3://", "s3a://")) or "::s3" in url else ""
+        raise UserError(f"{url}: {e}{extra}") from None
     except ValueError as e:  # an unknown protocol
         raise UserError(f"{url}: {e}") from None
 
