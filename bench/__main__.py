@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import ddp_scaling, ray_engine
+from bench import ddp_scaling, profile_train, ray_engine
 from bench.common import matmul_gflops, sync, time_calls, write_jpegs
 from colorizer.checkpoints import export_model
 from colorizer.config import PIX2PIX_WIDTHS, ColorizeOptions, ModelConfig, TrainConfig, parse_params
@@ -315,6 +315,7 @@ def main() -> None:
         figures |= bench_naive(device, repeats)
         keep_freed_memory()  # as `train` and `colorize` do, from here on
         figures |= bench_train(device, peaks, repeats)
+        figures["train_op_time_share"] = profile_train.main(BATCH)["share_of_op_time"]
         model_dir = root / "model"
         export_model(
             model_dir,
@@ -354,6 +355,11 @@ def print_table(f: dict) -> None:
             f"{f['train_img_s'] / f['train_naive_img_s']:.2f}x naive (target 2.5x)",
         ),
         (f"train MFU vs {f['train_dtype']} matmul peak", f"{f['train_mfu']:.2f}", "target 0.5"),
+        (
+            "train step op time: conv / BN / activations / pool+upsample",
+            " / ".join(f"{100 * f['train_op_time_share'].get(k, 0):.0f}%" for k in profile_train.TABLE_KINDS),
+            "(python -m bench.profile_train)",
+        ),
         (
             "loader from shards (img/s)",
             f"{f['loader_img_s']:.0f}",
