@@ -48,7 +48,6 @@ WAVE_BYTES = 512 << 20
 # into the model actors (it fuses maps whose resources match), where it would hold up the model.
 TASK_CPUS = 0.5
 STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
-_NAME_COLUMNS = ("relative", "target", "source")
 
 
 def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: ColorizeOptions) -> Summary:
@@ -94,6 +93,7 @@ def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: Co
                         "max_pixels": options.max_pixels,
                         "description": description,
                     },
+                    num_cpus=TASK_CPUS,
                 )
             )
             for row in dataset.iter_rows():
