@@ -22,7 +22,7 @@ from colorizer.colorize import REPORT_NAME, colorize
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.files import is_temp_name
 from colorizer.models import Discriminator, Generator
-from tests.conftest import colourful, encode
+from tests.conftest import colourful, encode, free_port
 
 pytestmark = pytest.mark.slow  # a Ray start, and a driver process that connects to it
 
@@ -156,3 +156,23 @@ def test_actors_that_would_take_every_cpu_are_refused_by_name(tmp_path, model_di
     src = scans(tmp_path / "src", count=1)
     with pytest.raises(UserError, match=r"--actors 2 x --cpus-per-actor 1 leave no CPU .* \(2 CPUs\)"):
         colorize(src, tmp_path / "dst", model_dir, ColorizeOptions(engine="ray", actors=2))
+
+
+def test_an_address_where_no_ray_answers_is_one_line_at_once(tmp_path, model_dir):
+    src = scans(tmp_path / "src", count=1)
+    command = [
+        sys.executable,
+        "-m",
+        "colorizer",
+        "colorize",
+        str(src),
+        str(tmp_path / "dst"),
+        "--model",
+        str(model_dir),
+    ]
+    started = time.monotonic()
+    done = subprocess.run(
+        [*command, "--engine", "ray", "--address", f"127.0.0.1:{free_port()}"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "no Ray cluster answers there" in done.stderr, done.stderr
+    assert time.monotonic() - started < 60  # Ray alone retries for minutes

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,6 +121,7 @@ def connect(address: str | None):
     except ImportError:
         raise UserError("--engine ray needs Ray: pip install 'colorizer[ray]' (or pip install 'ray[data]')") from None
     if not ray.is_initialized():
+        _check_reachable(address or os.environ.get("RAY_ADDRESS"))
         # the storage credentials and endpoints this driver was given reach its tasks and actors too
         # (a cluster's workers don't inherit the driver's environment)
         storage_env = {k: v for k, v in os.environ.items() if k.startswith(STORAGE_ENV_PREFIXES)}
@@ -137,6 +139,17 @@ def connect(address: str | None):
     context.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes on each dataset run; errors still show
     return ray
+
+
+def _check_reachable(address: str | None, seconds: float = 5.0) -> None:
+    """A HOST:PORT that nothing answers at is one line at once: Ray itself would retry for minutes."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"--address {address}: no Ray cluster answers there ({e})") from None
 
 
 def _waves(src: Location, dst: Location, options: ColorizeOptions, summary: Summary) -> Iterator[list[dict]]:
@@ -236,7 +249,10 @@ class _ModelActor:
         ab = np.zeros((count, 2, size, size), np.float32)
         pending = [i for i in range(count) if batch["status"][i] == ""]
         started = time.perf_counter()
-        results = predict_in_halves(self.runner.predict, [batch["L_small"][i] for i in pending]) if pending else []
+        try:
+            results = predict_in_halves(self.runner.predict, [batch["L_small"][i] for i in pending]) if pending else []
+        except Exception as e:  # not a RuntimeError (those retry in halves): these photos fail, the run goes on
+            results = [e] * len(pending)
         share = (time.perf_counter() - started) / max(len(pending), 1)
         status, reason = batch["status"].astype(object), batch["reason"].astype(object)
         for i, result in zip(pending, results, strict=True):
