@@ -119,6 +119,21 @@ class S3Server:
 
 
 @pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A real exported model (random weights: the tests that use it are about the plumbing, not the
+    colours). Shared: no test writes into it (the ones that damage a model damage a copy)."""
+    import torch
+
+    from colorizer.checkpoints import export_model
+    from colorizer.models import Discriminator, Generator
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("model")
+    export_model(out, Generator([8, 16, 16, 16, 16], 32).eval(), Discriminator([8, 16]), {})
+    return out
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A real S3-compatible server (moto's) on a free loopback port. Its endpoint and test credentials
     are put in this process's environment for the session, so that everything started from here

@@ -13,27 +13,15 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-import torch
 from PIL import Image, ImageCms
 
-from colorizer.checkpoints import export_model
 from colorizer.cli import main
 from colorizer.colorize import REPORT_NAME, colorize
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.files import is_temp_name
 from colorizer.inference import predict_in_halves
 from colorizer.lab import rgb_to_lab
-from colorizer.models import Discriminator, Generator
 from tests.conftest import colourful, encode, resize_disk
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A real exported model (random weights: these tests are about the plumbing, not the colours)."""
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model")
-    export_model(out, Generator([8, 16, 16, 16, 16], 32).eval(), Discriminator([8, 16]), {})
-    return out
 
 
 def grey(width, height, seed=0):

@@ -14,25 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
-from colorizer.checkpoints import export_model
 from colorizer.colorize import REPORT_NAME, colorize
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.files import is_temp_name
-from colorizer.models import Discriminator, Generator
 from tests.conftest import colourful, encode, free_port
 
 pytestmark = pytest.mark.slow  # a Ray start, and a driver process that connects to it
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("model")
-    export_model(out, Generator([8, 16, 16, 16, 16], 32).eval(), Discriminator([8, 16]), {})
-    return out
 
 
 def scans(folder: Path, count: int = 6) -> Path:

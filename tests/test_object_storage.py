@@ -7,29 +7,18 @@ import zipfile
 import numpy as np
 import pytest
 import s3fs
-import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from colorizer.checkpoints import export_model
 from colorizer.cli import main
 from colorizer.colorize import REPORT_NAME, colorize
 from colorizer.config import ColorizeOptions, UserError
-from colorizer.models import Discriminator, Generator
 from colorizer.train import train
 from tests.conftest import colourful, free_port
 from tests.test_tracking import start_server, stop_server
 from tests.test_train import tiny_params
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(2)
-    out = tmp_path_factory.mktemp("model")
-    export_model(out, Generator([8, 16, 16, 16, 16], 32).eval(), Discriminator([8, 16]), {})
-    return out
 
 
 def photos(folder):
