@@ -161,13 +161,17 @@ def _colorize(
     finally:
         summary.bar.close()
         write_report(storage.join(dst, REPORT_NAME), summary, options.report_seconds)
-    seconds = time.perf_counter() - started
+    log_summary(summary, dst, time.perf_counter() - started)
+    return summary
+
+
+def log_summary(summary: Summary, dst: Location, seconds: float, engine: str = "") -> None:
+    """The line that ends a run (both engines)."""
     done, skipped, failed = summary.count("done"), summary.count("skipped"), summary.count("failed")
     log.info(
-        "colorize: %d done, %d skipped, %d failed in %.1f s (%.2f images/s); report: %s",
-        *(done, skipped, failed, seconds, done / max(seconds, 1e-9), storage.join(dst, REPORT_NAME)),
+        "colorize%s: %d done, %d skipped, %d failed in %.1f s (%.2f images/s); report: %s",
+        *(engine, done, skipped, failed, seconds, done / max(seconds, 1e-9), storage.join(dst, REPORT_NAME)),
     )
-    return summary
 
 
 def jobs_to_do(src: Location, dst: Location, options: ColorizeOptions, summary: Summary) -> Iterator[Job]:

@@ -28,13 +28,7 @@ import numpy as np
 
 from colorizer import storage
 from colorizer.checkpoints import read_model_info
-from colorizer.colorize import (
-    NOT_FINITE,
-    REPORT_NAME,
-    Summary,
-    planned_inputs,
-    write_report,
-)
+from colorizer.colorize import NOT_FINITE, REPORT_NAME, Summary, log_summary, planned_inputs, write_report
 from colorizer.colorize_inputs import count_inputs, remove_temp_leftovers
 from colorizer.colorize_worker import Job, Outcome, Prediction, Prepared, finish, prepare
 from colorizer.config import ColorizeOptions, UserError
@@ -104,12 +98,7 @@ def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: Co
     finally:
         summary.bar.close()
         write_report(storage.join(dst, REPORT_NAME), summary, options.report_seconds)
-    seconds = time.perf_counter() - started
-    done, skipped, failed = summary.count("done"), summary.count("skipped"), summary.count("failed")
-    log.info(
-        "colorize (ray, %d actors): %d done, %d skipped, %d failed in %.1f s (%.2f images/s); report: %s",
-        *(actors, done, skipped, failed, seconds, done / max(seconds, 1e-9), storage.join(dst, REPORT_NAME)),
-    )
+    log_summary(summary, dst, time.perf_counter() - started, engine=f" (ray, {actors} actors)")
     return summary
 
 

@@ -139,20 +139,10 @@ def files_under(root: Location) -> Iterator[tuple[str, Location, bool]]:
 def relative_files(root: Location) -> set[str]:
     """Relative posix paths of the files under a folder (none if it does not exist), in one listing:
     how colorize tells which outputs exist. A local folder's half-written temp files are left out."""
-    if isinstance(root, Path):
-        if not root.is_dir():
-            return set()
-        found = set()
-        for folder, _, names in os.walk(root):
-            prefix = Path(folder).relative_to(root).as_posix()
-            found.update(name if prefix == "." else f"{prefix}/{name}" for name in names if not is_temp_name(name))
-        return found
-    fs, base = filesystem(root)
-    base = base.rstrip("/")
-    fs.invalidate_cache(base)  # as in files_under
-    if not fs.exists(base):
+    try:
+        return {relative for relative, _, _ in files_under(root) if not is_temp_name(relative.rsplit("/", 1)[-1])}
+    except FileNotFoundError:  # an object store's bucket that does not exist yet
         return set()
-    return {path[len(base) :].lstrip("/") for path in fs.find(base)} - {""}
 
 
 def same_or_inside(inner: Location, outer: Location) -> bool:
