@@ -45,7 +45,7 @@ from colorizer.colorize_worker import (
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.devices import pick_device
 from colorizer.files import progress
-from colorizer.inference import ModelRunner, predict_in_halves
+from colorizer.inference import ModelRunner, input_size, predict_in_halves
 from colorizer.parallel import INLINE, OrderedMap, RestartingPool, batched, process_pool, thread_pool
 from colorizer.storage import Location
 
@@ -136,18 +136,20 @@ def planned_inputs(src: Location, dst: Location, options: ColorizeOptions) -> It
 def _colorize(
     src: Location, dst: Location, model_dir: Path, options: ColorizeOptions, pool: Executor, workers: int
 ) -> Summary:
+    remove_temp_leftovers(dst)
+    summary = Summary(progress(None, desc="colorize", total=count_inputs(src)))
+    window = options.batch_size + 2 * max(workers, 1)  # photos in flight per step: bounded memory
+    size = input_size(model_dir, options)
+    prepare_one = partial(prepare, size=size, max_pixels=options.max_pixels)
+    started = time.perf_counter()
+    # the first photos are decoded while the model loads (~0.2 s for a full-width generator)
+    prepared = OrderedMap(pool, prepare_one, jobs_to_do(src, dst, options, summary), window).start()
     runner = ModelRunner(model_dir, options)
     log.debug(
         "colorize: model at %d px on %s (autocast %s), %d %s workers",
         *(runner.size, runner.device, runner.amp_dtype, workers, type(pool).__name__),
     )
-    remove_temp_leftovers(dst)
-    summary = Summary(progress(None, desc="colorize", total=count_inputs(src)))
-    window = options.batch_size + 2 * max(workers, 1)  # photos in flight per step: bounded memory
-    prepare_one = partial(prepare, size=runner.size, max_pixels=options.max_pixels)
     write_one = partial(finish, quality=options.quality, max_pixels=options.max_pixels, description=runner.description)
-    started = time.perf_counter()
-    prepared = OrderedMap(pool, prepare_one, jobs_to_do(src, dst, options, summary), window)
     written = OrderedMap(pool, write_one, predict_batches(runner, prepared, options.batch_size, summary), window)
     try:
         for prediction, outcome in written:

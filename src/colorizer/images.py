@@ -247,7 +247,9 @@ _EXIF_ORIENTATION, _EXIF_DESCRIPTION, _EXIF_SOFTWARE = 0x0112, 0x010E, 0x0131
 def encode_colorized(rgb: np.ndarray, fmt: str, quality: int, source: DecodedImage, description: str) -> bytes:
     """A colorized photo's file, keeping the source's alpha, EXIF and (RGB) ICC profile and recording
     where the colours came from in EXIF Software/ImageDescription (and PNG text)."""
-    image = Image.fromarray(rgb)
+    # the array itself, not a copy (fromarray copies: 0.5 of ~3.8 ms to encode a 1024x768 JPEG)
+    rgb = np.ascontiguousarray(rgb)
+    image = Image.frombuffer("RGB", (rgb.shape[1], rgb.shape[0]), rgb, "raw", "RGB", 0, 1)
     if source.alpha is not None and fmt in _ALPHA_FORMATS:
         image.putalpha(Image.fromarray(source.alpha))
     exif = Image.Exif()

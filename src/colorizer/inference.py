@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from colorizer.checkpoints import load_generator
+from colorizer.checkpoints import load_generator, read_model_info
 from colorizer.colorize_worker import model_input, recombine
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.devices import autocast, autocast_dtype, pick_device
@@ -21,7 +21,7 @@ class ModelRunner:
 
     def __init__(self, model_dir: Path, options: ColorizeOptions):
         generator, info = load_generator(model_dir)
-        self.size = options.size or info["image_size"]
+        self.size = input_size(model_dir, options)
         multiple = 2 ** len(generator.down)
         if self.size % multiple:
             raise UserError(f"--size {self.size}: must be a multiple of {multiple} for this model")
@@ -36,6 +36,11 @@ class ModelRunner:
         with autocast(self.device, self.amp_dtype):
             ab = self.generator(x)
         return denormalize_ab(ab.float().cpu().numpy())
+
+
+def input_size(model_dir: Path, options: ColorizeOptions) -> int:
+    """The side of the model's input: --size, or the size it was trained at (from model.json alone)."""
+    return options.size or read_model_info(model_dir)["image_size"]
 
 
 def predict_in_halves(predict, batch: list[np.ndarray]) -> list[np.ndarray | Exception]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import itertools
 import multiprocessing
 import os
 import signal
@@ -135,8 +136,15 @@ class OrderedMap(Generic[T, R]):
     bad item never ends the run."""
 
     def __init__(self, executor: Executor, fn: Callable[[T], R], items: Iterable[T], window: int):
-        self.executor, self.fn, self.items, self.window = executor, fn, items, max(1, window)
+        self.executor, self.fn, self.items, self.window = executor, fn, iter(items), max(1, window)
         self.in_flight: deque[tuple[T, Future]] = deque()
+
+    def start(self) -> OrderedMap[T, R]:
+        """Submit the first window of tasks now, before anything iterates: they run while the caller
+        does something else first (colorize loads its model meanwhile)."""
+        for item in itertools.islice(self.items, self.window - len(self.in_flight)):
+            self.in_flight.append((item, self.executor.submit(self.fn, item)))
+        return self
 
     def __iter__(self) -> Iterator[tuple[T, R | Exception]]:
         for item in self.items:
