@@ -327,33 +327,34 @@ def test_an_unknown_worker_kind_is_refused_by_name(tmp_path, model_dir):
         run(tmp_path / "src", tmp_path / "dst", model_dir, worker_kind="fibres")
 
 
-def test_grey_scans_are_decoded_once_and_handed_on_compactly(tmp_path):
-    from colorizer.colorize_worker import CARRY_MAX_PIXELS, Job, Prediction, finish, prepare
+def test_photos_are_decoded_once_and_handed_on_compactly(tmp_path):
+    from colorizer.colorize_worker import CARRY_MAX_BYTES, Job, Prediction, finish, prepare
 
     (tmp_path / "grey.jpg").write_bytes(encode(grey(640, 480), "JPEG", quality=90))
     (tmp_path / "colour.jpg").write_bytes(encode(colourful(640, 480), "JPEG", quality=90))
-    (tmp_path / "huge.jpg").write_bytes(encode(np.zeros((1000, CARRY_MAX_PIXELS // 1000 + 1), np.uint8), "JPEG"))
+    (tmp_path / "huge.jpg").write_bytes(encode(np.zeros((1000, CARRY_MAX_BYTES // 1000 + 1), np.uint8), "JPEG"))
+    (tmp_path / "huge_colour.jpg").write_bytes(encode(colourful(1000, CARRY_MAX_BYTES // 3000 + 1), "JPEG"))
 
     def job(name, target):
         return Job(0, name, str(tmp_path / target), "JPEG", source_file=str(tmp_path / name))
 
-    prepared = prepare(job("grey.jpg", "a.jpg"), 32, 10**8)
-    carried = prepared.decoded
-    assert prepared.L_small.shape == (1, 32, 32) and (prepared.width, prepared.height) == (640, 480)
-    assert carried is not None and carried.grey.shape == (480, 640)
-    assert len(pickle.dumps(carried)) < 1.1 * 640 * 480  # the plane alone, not three channels
-    unpickled = pickle.loads(pickle.dumps(carried))
-    np.testing.assert_array_equal(unpickled.rgb, carried.rgb)
-
     ab = np.random.default_rng(0).uniform(-30, 30, (2, 32, 32)).astype(np.float32)
-    assert finish(Prediction(job("grey.jpg", "a.jpg"), ab, unpickled, 0.0), 95, 10**8, "test").status == "done"
-    assert (
-        finish(Prediction(job("grey.jpg", "b.jpg"), ab, None, 0.0), 95, 10**8, "test").status == "done"
-    )  # decoded here
-    assert (tmp_path / "a.jpg").read_bytes() == (tmp_path / "b.jpg").read_bytes()
+    for name, planes in (("grey.jpg", 1), ("colour.jpg", 3)):
+        prepared = prepare(job(name, "a.jpg"), 32, 10**8)
+        carried = prepared.decoded
+        assert prepared.L_small.shape == (1, 32, 32) and (prepared.width, prepared.height) == (640, 480)
+        assert carried is not None and carried.rgb.shape == (480, 640, 3) and carried.is_grey == (planes == 1)
+        assert len(pickle.dumps(carried)) < 1.1 * 640 * 480 * planes  # grey: the plane alone, not three channels
+        unpickled = pickle.loads(pickle.dumps(carried))
+        np.testing.assert_array_equal(unpickled.rgb, carried.rgb)
 
-    assert prepare(job("colour.jpg", "c.jpg"), 32, 10**8).decoded is None  # colour: decoded reduced, again later
-    assert prepare(job("huge.jpg", "d.jpg"), 32, 10**8).decoded is None  # too big to keep in flight
+        assert finish(Prediction(job(name, "a.jpg"), ab, unpickled, 0.0), 95, 10**8, "test").status == "done"
+        assert finish(Prediction(job(name, "b.jpg"), ab, None, 0.0), 95, 10**8, "test").status == "done"  # decoded here
+        assert (tmp_path / "a.jpg").read_bytes() == (tmp_path / "b.jpg").read_bytes()
+
+    for name in ("huge.jpg", "huge_colour.jpg"):  # too big to keep in flight: decoded reduced, again later
+        prepared = prepare(job(name, "d.jpg"), 32, 10**9)
+        assert prepared.decoded is None and prepared.L_small.shape == (1, 32, 32)
 
 
 def test_without_model_the_shipped_model_colorizes_and_is_checked(tmp_path, monkeypatch):

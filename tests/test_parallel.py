@@ -97,6 +97,7 @@ def test_ordered_map_inline_runs_each_item_as_it_is_taken():
     assert pairs == [(i, -i) for i in range(5)] and calls == list(range(5))
     assert list(batched(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
 
+
 def test_a_started_ordered_map_runs_its_first_window_before_anyone_iterates():
     ran = []
     with ThreadPoolExecutor(2) as pool:
@@ -107,7 +108,6 @@ def test_a_started_ordered_map_runs_its_first_window_before_anyone_iterates():
         assert sorted(ran) == [0, 1, 2], "the first window runs at once, and nothing past it"
         assert list(mapped) == [(i, i + 100) for i in range(10)], "then every item once, in order"
     assert sorted(ran) == list(range(10))
-
 
 
 FAULTS_PER_REUSE = """

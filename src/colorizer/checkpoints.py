@@ -157,7 +157,8 @@ def load_generator(model_dir: Path) -> tuple[Generator, dict[str, Any]]:
         generator = _built_from(lambda: Generator(info["generator_widths"], info["image_size"]), path)
         if digest is not None and digest.result() != info["model_sha256"]:
             raise CheckpointError(
-                f"{path}: sha256 differs from {MODEL_INFO_FILE}'s model_sha256 (damaged or replaced); restore it or retrain"
+                f"{path}: sha256 differs from {MODEL_INFO_FILE}'s model_sha256 (damaged or replaced); "
+                "restore it or retrain"
             )
     return generator, info
 

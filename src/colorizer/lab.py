@@ -95,14 +95,23 @@ def to_uint8(rgb01: np.ndarray) -> np.ndarray:
 
 
 def L_from_rgb(rgb_uint8: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 sRGB -> (...) float32 L, the same value as rgb_to_lab(...)[..., 0] but only
-    the luminance: a lookup table per channel and one cube root (colorize needs L at full size)."""
-    y = _mix(_linear(rgb_uint8), _XYZ_ROWS[1])  # Y of the D65 white is 1
-    return np.where(y > _EPSILON, 116.0 * _cbrt(y) - 16.0, 903.3 * y)
+    """(..., 3) uint8 sRGB -> (...) float32 L, within 1e-4 of rgb_to_lab(...)[..., 0] but only the
+    luminance, for colorize's full-size L: a table per channel, OpenCV's weighted sum and cube root
+    (SIMD on every CPU kind: 1.5 instead of 5.5 ms for a 1024x768 photo, where numpy's strided sums
+    and float64 cube root went one element at a time). Not bit-identical across CPUs, which
+    colorize's output is not either; shards take rgb_to_lab's L."""
+    y = cv2.transform(_linear(rgb_uint8).reshape(-1, 1, 3), _XYZ_ROWS[1][None])  # Y of the D65 white is 1
+    L = cv2.pow(y, 1.0 / 3.0)
+    L *= 116.0
+    L -= 16.0
+    # CIE's two branches without a mask: the line is below 8 exactly where the cube root is
+    y *= 903.3
+    np.minimum(y, 8.0, out=y)
+    return np.maximum(L, y, out=L).reshape(rgb_uint8.shape[:-1])
 
 
 _LINEAR_OF_UINT8 = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
-_L_OF_GREY = np.zeros(256, np.float32)  # filled below, once L_from_rgb exists
+_L_OF_GREY = np.zeros(256, np.float32)  # filled below, once rgb_to_lab exists
 
 
 def lab_to_rgb_uint8(lab: np.ndarray) -> np.ndarray:
@@ -136,4 +145,4 @@ def mean_chroma(rgb: np.ndarray) -> float:
     return float(np.hypot(lab[..., 1], lab[..., 2]).mean())
 
 
-_L_OF_GREY[:] = L_from_rgb(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))
+_L_OF_GREY[:] = rgb_to_lab(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))[:, 0]
