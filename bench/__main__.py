@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench import ddp_scaling, profile_train, ray_engine
+from bench import ddp_scaling, photo_costs, profile_train, ray_engine
 from bench.common import matmul_gflops, sync, time_calls, write_jpegs
 from colorizer.checkpoints import export_model
 from colorizer.config import PIX2PIX_WIDTHS, ColorizeOptions, ModelConfig, TrainConfig, parse_params
@@ -184,12 +184,28 @@ def bench_colorize(root: Path, model_dir: Path, device: torch.device) -> dict:
             file=sys.stderr,
         )
     seconds = {name: statistics.median(r["seconds"] for r in results) for name, results in runs.items()}
+    infer_img_s = statistics.median(r["infer_img_s"] for r in runs["scans64"])
+    model_core_ms = statistics.median(r["model_core_ms"] for r in runs["scans64"])
+    worker_core_ms = photo_costs.worker_core_ms(root / "scans8", root / "worker_costs", SIZE)
     return {
         "colorize_e2e_img_s": 64 / seconds["scans64"],
         "colorize_marginal_img_s": 56 / max(seconds["scans64"] - seconds["scans8"], 1e-9),
-        "colorize_infer_img_s": statistics.median(r["infer_img_s"] for r in runs["scans64"]),
+        "colorize_infer_img_s": infer_img_s,
         "colorize_e2e_vs_infer": statistics.median(64 / r["seconds"] / r["infer_img_s"] for r in runs["scans64"]),
+        "colorize_model_core_ms": model_core_ms,
+        "colorize_worker_core_ms": worker_core_ms,
+        "colorize_ceiling_vs_infer": colorize_ceiling(device, 1000 / infer_img_s, model_core_ms, worker_core_ms),
     }
+
+
+def colorize_ceiling(device: torch.device, model_ms: float, model_core_ms: float, worker_core_ms: float) -> float:
+    """The machine's limit for colorize against the model alone: every core busy, the workers' core
+    time (decode, Lab, encode, write: `worker_core_ms` per photo) filling each moment the model leaves
+    a core idle and costing it nothing more. On the CPU the model itself takes `model_core_ms` of the
+    cores' time per photo; beside a GPU the workers have the cores to themselves."""
+    cores = os.cpu_count() or 1
+    busy = worker_core_ms + (model_core_ms if device.type == "cpu" else 0.0)
+    return min(1.0, cores * model_ms / busy)
 
 
 def quality_check(root: Path, device: torch.device) -> dict:
@@ -375,6 +391,11 @@ def print_table(f: dict) -> None:
             "colorize end to end, 1024x768 JPEG (img/s)",
             f"{f['colorize_e2e_img_s']:.2f}",
             f"{f['colorize_e2e_vs_infer']:.2f}x inference alongside, {f['colorize_infer_img_s']:.1f} (target 0.8x)",
+        ),
+        (
+            "colorize's limit: cores x model time / (model + worker core time)",
+            f"{f['colorize_ceiling_vs_infer']:.2f}x",
+            f"model {f['colorize_model_core_ms']:.0f} + workers {f['colorize_worker_core_ms']:.1f} core-ms per photo",
         ),
         (
             "colorize marginal, start-up excluded (img/s)",

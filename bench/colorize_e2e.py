@@ -1,5 +1,6 @@
 """One `colorize` call in a fresh interpreter, as under the `colorizer` command (run by `make bench`):
-first the model alone for 1.5 s on its own copy, then colorize end to end; prints one JSON line.
+first the model alone for 1.5 s on its own copy (its wall and core time per photo), then colorize end
+to end; prints one JSON line.
 
 usage: python -m bench.colorize_e2e SRC DST MODEL DEVICE BATCH
 """
@@ -9,6 +10,7 @@ from colorizer.runtime import setup_process
 setup_process()  # as the `colorizer` command does, before torch loads
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -21,19 +23,25 @@ from colorizer.config import ColorizeOptions
 from colorizer.inference import ModelRunner
 
 
-def inference_seconds(runner: ModelRunner, batch: int) -> float:
+def inference_seconds(runner: ModelRunner, batch: int) -> tuple[float, float]:
+    """Wall seconds per batch (median), and this process's core seconds per batch (mean of 3)."""
     L = np.random.default_rng(0).uniform(-1, 1, (batch, 1, 256, 256)).astype(np.float32)
-    return time_calls(lambda: runner.predict(L), runner.device, repeats=1, min_seconds=1.5)
+    step = time_calls(lambda: runner.predict(L), runner.device, repeats=1, min_seconds=1.5)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(3):
+        runner.predict(L)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return step, (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / 3
 
 
 def main(src: Path, dst: Path, model: Path, device: str, batch: int) -> dict:
     options = ColorizeOptions(device=device, batch_size=batch)
-    step = inference_seconds(ModelRunner(model, options), batch)  # its copy of the model is freed on return
+    step, core_seconds = inference_seconds(ModelRunner(model, options), batch)  # its copy is freed on return
     started = time.perf_counter()
     summary = colorize(src, dst, model, options)
     seconds = time.perf_counter() - started
     assert summary.count("done") == len(list(src.iterdir())), "colorize failed on some benchmark images"
-    return {"seconds": seconds, "infer_img_s": batch / step}
+    return {"seconds": seconds, "infer_img_s": batch / step, "model_core_ms": 1000 * core_seconds / batch}
 
 
 if __name__ == "__main__":

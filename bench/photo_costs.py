@@ -6,7 +6,8 @@ usage: python -m bench.photo_costs [SIZE]   (SIZE: the model's input size, defau
 
 from colorizer.runtime import setup_process
 
-setup_process()
+if __name__ == "__main__":  # run alone; `make bench` imports it after its own set-up
+    setup_process()  # before torch loads, as the entry points do
 
 import io
 import json
@@ -74,6 +75,24 @@ def costs(jpeg: bytes, size: int, out_dir: Path) -> dict[str, float]:
     result = {name: round(core_ms(fn), 2) for name, fn in steps.items()}
     result["finish: to uint8"] = round(result["finish: to uint8"] - result["finish: Lab -> RGB (float)"], 2)
     return result
+
+
+def worker_core_ms(src: Path, out_dir: Path, size: int) -> float:
+    """The workers' core-ms per photo for the JPEGs in `src` (prepare + finish, one thread, as colorize
+    runs them, the model's output stood in by random a*b*): the median over the photos."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    warm_up()
+    ab_small = np.random.default_rng(0).uniform(-30, 30, (2, size, size)).astype(np.float32)
+    per_photo = []
+    for source in sorted(src.iterdir()):
+        job = Job(0, source.name, str(out_dir / source.name), "JPEG", source_file=str(source))
+
+        def both(job=job):
+            prepared = prepare(job, size, 10**9)
+            finish(Prediction(job, ab_small, prepared.decoded, 0.0), 95, 10**9, "bench")
+
+        per_photo.append(core_ms(both, repeats=5))
+    return statistics.median(per_photo)
 
 
 def main(size: int) -> dict:

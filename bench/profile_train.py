@@ -5,7 +5,8 @@ with the step's images/s and MFU against the machine's measured bf16 (or fp32) m
 
 from colorizer.runtime import setup_process
 
-setup_process()  # as the stage scripts do, before torch loads
+if __name__ == "__main__":  # run alone; `make bench` imports it after its own set-up
+    setup_process()  # before torch loads, as the entry points do
 
 import json
 import sys

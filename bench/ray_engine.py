@@ -8,7 +8,8 @@ loading and the actors' start included (as a user waits for them), Ray's own sta
 
 from colorizer.runtime import setup_process
 
-setup_process()  # as the `colorizer` command does, before torch loads
+if __name__ == "__main__":  # run alone; `make bench` imports it after its own set-up
+    setup_process()  # before torch loads, as the entry points do
 
 import json
 import logging
