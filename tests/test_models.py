@@ -85,3 +85,50 @@ def test_width_multiplier_and_bad_widths():
     assert ModelConfig(width_multiplier=0.5).scaled([64, 3]) == [32, 2]
     with pytest.raises(ValueError):
         ModelConfig(generator_widths=[64, -1])
+
+
+def as_designed(block: ConvBlock, x: torch.Tensor) -> torch.Tensor:
+    """The design document's order, written out: conv -> BatchNorm -> LeakyReLU -> MaxPool."""
+    return block.pool(block.act(block.norm(block.conv(x))))
+
+
+def twin_blocks(seed: int) -> tuple[ConvBlock, ConvBlock]:
+    torch.manual_seed(seed)
+    block = ConvBlock(3, 6)
+    with torch.no_grad():  # trained scales and shifts, two of them negative (those channels pool by their minimum)
+        block.norm.weight.copy_(torch.tensor([1.5, -0.7, 0.3, 1.0, -2.0, 0.9]))
+        block.norm.bias.copy_(torch.linspace(-0.5, 0.5, 6))
+    twin = ConvBlock(3, 6)
+    twin.load_state_dict(block.state_dict())
+    return block, twin
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_pooling_before_batchnorm_is_the_designed_block(training):
+    block, reference = twin_blocks(0)
+    block.train(training)
+    reference.train(training)
+    for _ in range(3):  # the running statistics move alike, step after step
+        x = torch.randn(4, 3, 16, 16, requires_grad=True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        ours, theirs = block(x), as_designed(reference, x_ref)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        weights = torch.randn_like(ours)  # a loss that weighs every output differently
+        (ours * weights).sum().backward()
+        (theirs * weights).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+        for (name, p), p_ref in zip(block.named_parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for name, buffer in block.norm.named_buffers():
+        torch.testing.assert_close(buffer, dict(reference.norm.named_buffers())[name], msg=name)
+    assert int(block.norm.num_batches_tracked) == (3 if training else 0)
+
+
+def test_pooling_before_batchnorm_under_bf16_autocast_rounds_about_as_the_designed_order():
+    exact = as_designed(twin_blocks(1)[0], x := torch.randn(4, 3, 32, 32)).detach()  # fp32
+    block, reference = twin_blocks(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, theirs = block(x), as_designed(reference, x)
+    assert ours.dtype == theirs.dtype == torch.bfloat16  # the next convolution takes bf16 either way
+    error, designed_error = ((y.float() - exact).abs().mean() for y in (ours, theirs))
+    assert error < 1.5 * designed_error  # measured 1.1-1.3x: the batch statistics are rounded to bf16 too

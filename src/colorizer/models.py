@@ -15,7 +15,11 @@ from colorizer.config import ModelConfig
 
 
 class ConvBlock(nn.Module):
-    """conv 3x3 s1 p1 -> BatchNorm -> LeakyReLU(0.2) -> MaxPool 2x2: (B, Cin, H, W) -> (B, Cout, H/2, W/2)."""
+    """conv 3x3 s1 p1 -> BatchNorm -> LeakyReLU(0.2) -> MaxPool 2x2: (B, Cin, H, W) -> (B, Cout, H/2, W/2).
+
+    Computed as conv -> MaxPool -> BatchNorm -> LeakyReLU, the same function (`pooled_batch_norm`):
+    BatchNorm and LeakyReLU then touch a quarter of the pixels, where they took half a training step.
+    """
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
@@ -25,7 +29,83 @@ class ConvBlock(nn.Module):
         self.pool = nn.MaxPool2d(2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.act(self.norm(self.conv(x))))
+        return self.act(pooled_batch_norm(self.conv(x), self.norm, self.pool))
+
+
+def pooled_batch_norm(x: torch.Tensor, norm: nn.BatchNorm2d, pool: nn.MaxPool2d) -> torch.Tensor:
+    """pool(norm(x)), computed as norm(pool(x)) with the statistics of the whole x: the same values,
+    gradients and running statistics in a quarter of the memory traffic. BatchNorm is a per-channel
+    affine map y = scale * x + shift, and max pooling commutes with a map that increases; a channel
+    whose scale is negative is pooled by its minimum instead (the max of -x). A LeakyReLU after it
+    commutes with the pooling too. Only the rounding differs from norm-then-pool (tests compare them)."""
+    if (pool.kernel_size, pool.stride, pool.padding, pool.dilation) != (2, 2, 0, 1) or not norm.affine:
+        raise ValueError(f"pooled_batch_norm: for an affine BatchNorm and a 2x2 max pool of stride 2, not {pool}")
+    if norm.training or not norm.track_running_stats:
+        if norm.training and norm.track_running_stats:
+            norm.num_batches_tracked.add_(1)
+        return _PooledBatchNorm.apply(x, norm.weight, norm.bias, *_running_statistics(norm), norm.eps)
+    scale = torch.rsqrt(norm.running_var + norm.eps) * norm.weight
+    shift = norm.bias - norm.running_mean * scale
+    pooled = _signed_max_pool(x, scale < 0)[0]
+    return torch.addcmul(_per_channel(shift, x.dtype), pooled, _per_channel(scale, x.dtype))
+
+
+def _running_statistics(norm: nn.BatchNorm2d) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+    """The running statistics a training step moves, and by how much, as nn.BatchNorm2d does."""
+    if not (norm.training and norm.track_running_stats):
+        return None, None, 0.0
+    momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)  # cumulative
+    return norm.running_mean, norm.running_var, momentum
+
+
+def _per_channel(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return values.to(dtype).view(1, -1, 1, 1)
+
+
+def _signed_max_pool(x: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """2x2 max pooling, but the minimum in the channels marked negative: (values of x, their indices)."""
+    if not negative.any():
+        return torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
+    sign = _per_channel(torch.where(negative, -1.0, 1.0), x.dtype)
+    pooled, indices = torch.ops.aten.max_pool2d_with_indices(x * sign, [2, 2], [2, 2])
+    return pooled * sign, indices
+
+
+class _PooledBatchNorm(torch.autograd.Function):
+    """Training-mode BatchNorm after 2x2 max pooling, with the batch statistics of the unpooled x. By
+    hand because autograd would differentiate torch.var_mean, the slow path; here the gradient is
+    BatchNorm's own formula with the upstream gradient nonzero only where the pool took its values:
+    dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), which is that scatter plus a
+    per-channel a + b * x over the whole of x (one pass)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):  # noqa: ANN001, ANN205
+        # the batch's mean and biased variance in float32 through BatchNorm's own kernel, which also
+        # moves the running statistics (10x faster than torch.var_mean on bf16 channels-last)
+        mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, momentum)
+        invstd = torch.rsqrt(var + eps)
+        scale = invstd * weight
+        pooled, indices = _signed_max_pool(x, scale < 0)
+        ctx.save_for_backward(x, weight, mean, invstd, pooled, indices)
+        # in x's dtype, one op: under autocast the next convolution takes bf16, as it would from BatchNorm
+        return torch.addcmul(_per_channel(bias - mean * scale, x.dtype), pooled, _per_channel(scale, x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, weight, mean, invstd, pooled, indices = ctx.saved_tensors
+        grad_bias = grad.sum(dim=(0, 2, 3), dtype=torch.float32)
+        centred = pooled - _per_channel(mean, pooled.dtype)
+        grad_weight = invstd * (grad * centred).sum(dim=(0, 2, 3), dtype=torch.float32)
+        count = x.numel() // x.size(1)
+        sum_dxhat, sum_dxhat_xhat = weight * grad_bias, weight * grad_weight  # over the pooled positions
+        b = -invstd * invstd * sum_dxhat_xhat / count
+        a = -invstd * sum_dxhat / count - b * mean
+        at_pooled = grad * _per_channel(weight * invstd, grad.dtype)
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
+            at_pooled.to(x.dtype), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
+        )
+        grad_x.addcmul_(x, _per_channel(b, x.dtype)).add_(_per_channel(a, x.dtype))
+        return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
 class ConvTBlock(nn.Module):
