@@ -97,7 +97,7 @@ def to_uint8(rgb01: np.ndarray) -> np.ndarray:
 def L_from_rgb(rgb_uint8: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 sRGB -> (...) float32 L, within 1e-4 of rgb_to_lab(...)[..., 0] but only the
     luminance, for colorize's full-size L: a table per channel, OpenCV's weighted sum and cube root
-    (SIMD on every CPU kind: 1.5 instead of 5.5 ms for a 1024x768 photo, where numpy's strided sums
+    (SIMD on every CPU kind: 3 instead of 5.5 ms for a 1024x768 photo, where numpy's strided sums
     and float64 cube root went one element at a time). Not bit-identical across CPUs, which
     colorize's output is not either; shards take rgb_to_lab's L."""
     y = cv2.transform(_linear(rgb_uint8).reshape(-1, 1, 3), _XYZ_ROWS[1][None])  # Y of the D65 white is 1

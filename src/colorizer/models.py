@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from colorizer.config import ModelConfig
 
@@ -76,7 +77,8 @@ class _PooledBatchNorm(torch.autograd.Function):
     hand because autograd would differentiate torch.var_mean, the slow path; here the gradient is
     BatchNorm's own formula with the upstream gradient nonzero only where the pool took its values:
     dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), which is that scatter plus a
-    per-channel a + b * x over the whole of x (one pass)."""
+    per-channel a + b * x over the whole of x (two in-place passes). It runs on CUDA as on the CPU
+    (batch_norm_update_stats keeps float32 statistics for bf16 and fp16 input there too)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):  # noqa: ANN001, ANN205
@@ -91,6 +93,7 @@ class _PooledBatchNorm(torch.autograd.Function):
         return torch.addcmul(_per_channel(bias - mean * scale, x.dtype), pooled, _per_channel(scale, x.dtype))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x, weight, mean, invstd, pooled, indices = ctx.saved_tensors
         grad_bias = grad.sum(dim=(0, 2, 3), dtype=torch.float32)
