@@ -144,7 +144,12 @@ def _colorize(
     started = time.perf_counter()
     # the first photos are decoded while the model loads (~0.2 s for a full-width generator)
     prepared = OrderedMap(pool, prepare_one, jobs_to_do(src, dst, options, summary), window).start()
-    runner = ModelRunner(model_dir, options)
+    try:
+        runner = ModelRunner(model_dir, options)
+    except BaseException:  # a damaged model, a --size it can't take: no photo was written
+        prepared.cancel()
+        summary.bar.close()
+        raise
     log.debug(
         "colorize: model at %d px on %s (autocast %s), %d %s workers",
         *(runner.size, runner.device, runner.amp_dtype, workers, type(pool).__name__),
