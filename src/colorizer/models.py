@@ -85,29 +85,27 @@ class _PooledBatchNorm(torch.autograd.Function):
         # the batch's mean and biased variance in float32 through BatchNorm's own kernel, which also
         # moves the running statistics (10x faster than torch.var_mean on bf16 channels-last)
         mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, momentum)
-        invstd = torch.rsqrt(var + eps)
-        scale = invstd * weight
+        scale = torch.rsqrt(var + eps) * weight
         pooled, indices = _signed_max_pool(x, scale < 0)
-        ctx.save_for_backward(x, weight, mean, invstd, pooled, indices)
+        ctx.save_for_backward(x, weight, mean, var, pooled, indices)
+        ctx.eps = eps
         # in x's dtype, one op: under autocast the next convolution takes bf16, as it would from BatchNorm
         return torch.addcmul(_per_channel(bias - mean * scale, x.dtype), pooled, _per_channel(scale, x.dtype))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, weight, mean, invstd, pooled, indices = ctx.saved_tensors
-        grad_bias = grad.sum(dim=(0, 2, 3), dtype=torch.float32)
-        centred = pooled - _per_channel(mean, pooled.dtype)
-        grad_weight = invstd * (grad * centred).sum(dim=(0, 2, 3), dtype=torch.float32)
-        count = x.numel() // x.size(1)
-        sum_dxhat, sum_dxhat_xhat = weight * grad_bias, weight * grad_weight  # over the pooled positions
-        b = -invstd * invstd * sum_dxhat_xhat / count
-        a = -invstd * sum_dxhat / count - b * mean
-        at_pooled = grad * _per_channel(weight * invstd, grad.dtype)
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(
-            at_pooled.to(x.dtype), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
+        x, weight, mean, var, pooled, indices = ctx.saved_tensors
+        # the upstream gradient where the pool took its values, zero elsewhere; then BatchNorm's own
+        # training-mode backward over the whole x with the batch's statistics: the same formula,
+        # dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), in its fused kernel
+        scattered = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.to(x.dtype), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
         )
-        grad_x.addcmul_(x, _per_channel(b, x.dtype)).add_(_per_channel(a, x.dtype))
+        invstd = torch.rsqrt(var + ctx.eps)
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            scattered, x, weight, None, None, mean, invstd, True, ctx.eps, [True, True, True]
+        )
         return grad_x, grad_weight, grad_bias, None, None, None, None
 
 
