@@ -73,12 +73,11 @@ def _signed_max_pool(x: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Ten
 
 
 class _PooledBatchNorm(torch.autograd.Function):
-    """Training-mode BatchNorm after 2x2 max pooling, with the batch statistics of the unpooled x. By
-    hand because autograd would differentiate torch.var_mean, the slow path; here the gradient is
-    BatchNorm's own formula with the upstream gradient nonzero only where the pool took its values:
-    dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), which is that scatter plus a
-    per-channel a + b * x over the whole of x (two in-place passes). It runs on CUDA as on the CPU
-    (batch_norm_update_stats keeps float32 statistics for bf16 and fp16 input there too)."""
+    """Training-mode BatchNorm after 2x2 max pooling, with the batch statistics of the unpooled x. An
+    autograd Function because autograd would differentiate torch.var_mean, the slow path; here the
+    gradient is BatchNorm's own (its kernel) for an upstream gradient that is nonzero only where the
+    pool took its values. It runs on CUDA as on the CPU (batch_norm_update_stats keeps float32
+    statistics for bf16 and fp16 input there too)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):  # noqa: ANN001, ANN205
@@ -87,7 +86,7 @@ class _PooledBatchNorm(torch.autograd.Function):
         mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, momentum)
         scale = torch.rsqrt(var + eps) * weight
         pooled, indices = _signed_max_pool(x, scale < 0)
-        ctx.save_for_backward(x, weight, mean, var, pooled, indices)
+        ctx.save_for_backward(x, weight, mean, var, indices)
         ctx.eps = eps
         # in x's dtype, one op: under autocast the next convolution takes bf16, as it would from BatchNorm
         return torch.addcmul(_per_channel(bias - mean * scale, x.dtype), pooled, _per_channel(scale, x.dtype))
@@ -95,7 +94,7 @@ class _PooledBatchNorm(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, weight, mean, var, pooled, indices = ctx.saved_tensors
+        x, weight, mean, var, indices = ctx.saved_tensors
         # the upstream gradient where the pool took its values, zero elsewhere; then BatchNorm's own
         # training-mode backward over the whole x with the batch's statistics: the same formula,
         # dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), in its fused kernel
