@@ -33,6 +33,7 @@ from colorizer.colorize_inputs import count_inputs, remove_temp_leftovers
 from colorizer.colorize_worker import Job, Outcome, Prediction, Prepared, finish, prepare
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.files import progress
+from colorizer.inference import ModelRunner, description_of, input_size, predict_in_halves
 from colorizer.storage import Location
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,8 @@ STORAGE_ENV_PREFIXES = ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE
 
 def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: ColorizeOptions) -> Summary:
     ray = connect(options.address)
-    info = read_model_info(Path(model_dir))
-    size = options.size or info["image_size"]
-    description = f"colorized by colorizer; model sha256 {info['model_sha256']}"
+    size = input_size(model_dir, options)
+    description = description_of(read_model_info(Path(model_dir)))
     gpus = ray.cluster_resources().get("GPU", 0)
     gpus_per_actor = options.gpus_per_actor if options.gpus_per_actor is not None else (1.0 if gpus else 0.0)
     actors = options.actors or (max(1, int(gpus // gpus_per_actor)) if gpus_per_actor else 1)
@@ -224,15 +224,11 @@ class _ModelActor:
     def __init__(self, model_dir: str, options: ColorizeOptions):
         import torch
 
-        from colorizer.inference import ModelRunner
-
         # Ray starts its workers with OMP_NUM_THREADS=1: torch gets the CPUs this actor was given
         torch.set_num_threads(max(1, int(options.cpus_per_actor)))
         self.runner = ModelRunner(Path(model_dir), options)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from colorizer.inference import predict_in_halves
-
         count = len(batch["index"])
         size = batch["L_small"].shape[-1]
         ab = np.zeros((count, 2, size, size), np.float32)

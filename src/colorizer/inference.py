@@ -28,7 +28,7 @@ class ModelRunner:
         self.device = pick_device(options.device, "--device")
         self.generator = generator.to(self.device, memory_format=torch.channels_last)
         self.amp_dtype = autocast_dtype(options.precision, self.device)
-        self.description = f"colorized by colorizer; model sha256 {info['model_sha256']}"
+        self.description = description_of(info)
 
     @torch.inference_mode()
     def predict(self, L_batch: np.ndarray) -> np.ndarray:
@@ -36,6 +36,11 @@ class ModelRunner:
         with autocast(self.device, self.amp_dtype):
             ab = self.generator(x)
         return denormalize_ab(ab.float().cpu().numpy())
+
+
+def description_of(info: dict) -> str:
+    """What every output records of the model that colorized it (EXIF ImageDescription, PNG text)."""
+    return f"colorized by colorizer; model sha256 {info['model_sha256']}"
 
 
 def input_size(model_dir: Path, options: ColorizeOptions) -> int:

@@ -42,19 +42,19 @@ def pooled_batch_norm(x: torch.Tensor, norm: nn.BatchNorm2d, pool: nn.MaxPool2d)
     if (pool.kernel_size, pool.stride, pool.padding, pool.dilation) != (2, 2, 0, 1) or not norm.affine:
         raise ValueError(f"pooled_batch_norm: for an affine BatchNorm and a 2x2 max pool of stride 2, not {pool}")
     if norm.training or not norm.track_running_stats:
-        if norm.training and norm.track_running_stats:
-            norm.num_batches_tracked.add_(1)
-        return _PooledBatchNorm.apply(x, norm.weight, norm.bias, *_running_statistics(norm), norm.eps)
+        return _PooledBatchNorm.apply(x, norm.weight, norm.bias, *_running_statistics_step(norm), norm.eps)
     scale = torch.rsqrt(norm.running_var + norm.eps) * norm.weight
     shift = norm.bias - norm.running_mean * scale
     pooled = _signed_max_pool(x, scale < 0)[0]
     return torch.addcmul(_per_channel(shift, x.dtype), pooled, _per_channel(scale, x.dtype))
 
 
-def _running_statistics(norm: nn.BatchNorm2d) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
-    """The running statistics a training step moves, and by how much, as nn.BatchNorm2d does."""
+def _running_statistics_step(norm: nn.BatchNorm2d) -> tuple[torch.Tensor | None, torch.Tensor | None, float]:
+    """Count a training step and give the running statistics it moves, and by how much, as
+    nn.BatchNorm2d does (none when they are not tracked, or outside training)."""
     if not (norm.training and norm.track_running_stats):
         return None, None, 0.0
+    norm.num_batches_tracked.add_(1)
     momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)  # cumulative
     return norm.running_mean, norm.running_var, momentum
 
