@@ -1,6 +1,7 @@
 """Where a training step's time goes (`python -m bench.profile_train [BATCH]`): the design document's
 256 px preset as `train` builds it, one step under torch.profiler after warm-up, CPU time by kind of
-operator (convolutions, BatchNorm, activations, pooling and upsampling, the optimizer, the rest),
+operator (convolutions, ConvBlock's fused BatchNorm/LeakyReLU/pooling kernels, the decoder's
+BatchNorm, activations, pooling and upsampling, the optimizer, the rest),
 with the step's images/s and MFU against the machine's measured bf16 (or fp32) matmul peak."""
 
 from colorizer.runtime import setup_process
@@ -24,6 +25,8 @@ from colorizer.train import build_gan
 
 SIZE = 256
 KINDS = {  # the first pattern found in an operator's name decides its kind
+    # the only compiled graphs in a step are ConvBlock's fused BatchNorm + LeakyReLU + MaxPool kernels
+    "fused BN+act+pool": ("compiledfxgraph",),
     "convolution": ("convolution", "conv", "mkldnn_conv"),
     "batchnorm": ("batch_norm", "native_batch_norm"),
     "activation": ("relu", "leaky", "tanh", "sigmoid", "threshold", "gelu"),
@@ -31,7 +34,7 @@ KINDS = {  # the first pattern found in an operator's name decides its kind
     "loss": ("binary_cross_entropy", "l1_loss", "abs", "mean", "sub"),
     "optimizer": ("adam", "_foreach", "lerp", "addcdiv", "sqrt"),
 }
-TABLE_KINDS = ("convolution", "batchnorm", "activation", "pool/upsample/cat")
+TABLE_KINDS = ("convolution", "fused BN+act+pool", "batchnorm", "activation", "pool/upsample/cat")
 
 
 def kind_of(name: str) -> str:
@@ -60,9 +63,10 @@ def main(batch: int) -> dict:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         gan.train_step(L, ab)
     by_kind: dict[str, float] = defaultdict(float)
-    # self time of the leaf-most aten ops: each microsecond counted once
+    # self time of the leaf-most aten ops and of the compiled kernels: each microsecond counted once
+    counted = ("aten::", "## Call CompiledFxGraph")
     for event in prof.key_averages():
-        if event.key.startswith("aten::") or "mkldnn" in event.key or "Optimizer" in event.key:
+        if event.key.startswith(counted) or "mkldnn" in event.key or "Optimizer" in event.key:
             by_kind[kind_of(event.key)] += event.self_cpu_time_total
     total = sum(by_kind.values())
     return {

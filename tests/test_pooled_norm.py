@@ -1,0 +1,127 @@
+"""ConvBlock's pooled BatchNorm -> LeakyReLU (`pooled_norm_act`) against the design document's order
+written out, conv -> BatchNorm -> LeakyReLU -> MaxPool, on both of its paths: the fused kernels
+(training on a channels-last CPU tensor of even size) and ATen's kernels (anything else)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from colorizer.models import ConvBlock
+from colorizer.pooled_norm import fused_kernels_apply
+
+# the input that takes each path: (memory format, height, width)
+PATHS = {
+    "fused kernels": (torch.channels_last, 16, 16),
+    "ATen kernels (contiguous)": (torch.contiguous_format, 16, 16),
+    "ATen kernels (odd size)": (torch.channels_last, 15, 17),
+}
+
+
+def as_designed(block: ConvBlock, x: torch.Tensor) -> torch.Tensor:
+    """The design document's order, written out: conv -> BatchNorm -> LeakyReLU -> MaxPool."""
+    return block.pool(block.act(block.norm(block.conv(x))))
+
+
+def twin_blocks(seed: int, memory_format: torch.memory_format) -> tuple[ConvBlock, ConvBlock]:
+    torch.manual_seed(seed)
+    block = ConvBlock(3, 6)
+    with torch.no_grad():  # trained scales and shifts, two of them negative (those channels pool by their minimum)
+        block.norm.weight.copy_(torch.tensor([1.5, -0.7, 0.3, 1.0, -2.0, 0.9]))
+        block.norm.bias.copy_(torch.linspace(-0.5, 0.5, 6))
+    twin = ConvBlock(3, 6)
+    twin.load_state_dict(block.state_dict())
+    return block.to(memory_format=memory_format), twin.to(memory_format=memory_format)
+
+
+def test_the_paths_are_the_ones_named():
+    for path, (memory_format, height, width) in PATHS.items():
+        x = torch.randn(2, 6, height, width).contiguous(memory_format=memory_format)
+        assert fused_kernels_apply(x) == (path == "fused kernels"), path
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("training", [True, False])
+def test_pooling_first_is_the_designed_block(path, training):
+    memory_format, height, width = PATHS[path]
+    block, reference = twin_blocks(0, memory_format)
+    block.train(training)
+    reference.train(training)
+    for _ in range(3):  # the running statistics move alike, step after step
+        x = torch.randn(4, 3, height, width).contiguous(memory_format=memory_format).requires_grad_(True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        ours, theirs = block(x), as_designed(reference, x_ref)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        weights = torch.randn_like(ours)  # a loss that weighs every output differently
+        (ours * weights).sum().backward()
+        (theirs * weights).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+        for (name, p), p_ref in zip(block.named_parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for name, buffer in block.norm.named_buffers():
+        torch.testing.assert_close(buffer, dict(reference.norm.named_buffers())[name], msg=name)
+    assert int(block.norm.num_batches_tracked) == (3 if training else 0)
+
+
+def test_ties_in_a_window_send_the_gradient_where_the_designed_max_pool_does():
+    """Equal values in a window (common in bf16): the first in row-major order takes the gradient."""
+    block, reference = twin_blocks(2, torch.channels_last)
+    with torch.no_grad():  # whole-number weights and inputs: whole-number conv outputs, many of them equal
+        block.conv.weight.copy_(torch.randint(-1, 2, block.conv.weight.shape))
+        reference.conv.weight.copy_(block.conv.weight)
+    x = torch.randint(-1, 2, (2, 3, 8, 8)).float().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    conv_out = block.conv(x).detach()
+    windows = conv_out.unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)  # (B, C, H/2, W/2, 4)
+    assert (windows.max(-1).values.unsqueeze(-1) == windows).sum(-1).gt(1).float().mean() > 0.1  # ties abound
+    weights = torch.randn(2, 6, 4, 4)
+    (block(x) * weights).sum().backward()
+    (as_designed(reference, x_ref) * weights).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(block.conv.weight.grad, reference.conv.weight.grad, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_pooling_first_under_bf16_autocast_rounds_about_as_the_designed_order(path):
+    memory_format, height, width = PATHS[path]
+    x = torch.randn(4, 3, 2 * height, 2 * width).contiguous(memory_format=memory_format)
+    exact = as_designed(twin_blocks(1, memory_format)[0], x).detach()  # fp32
+    block, reference = twin_blocks(1, memory_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, theirs = block(x), as_designed(reference, x)
+    assert ours.dtype == theirs.dtype == torch.bfloat16  # the next convolution takes bf16 either way
+    error, designed_error = ((y.float() - exact).abs().mean() for y in (ours, theirs))
+    assert error < 1.5 * designed_error  # measured 1.0-1.3x: the batch statistics are rounded to bf16 too
+
+
+def test_without_a_cxx_compiler_training_warns_once_and_goes_on_on_aten_kernels(tmp_path):
+    """No compiler Inductor can use (a fresh compile cache, so nothing compiled before helps): one
+    warning, and the steps still compute the designed block."""
+    script = textwrap.dedent(
+        """
+        import logging, torch
+        from tests.test_pooled_norm import as_designed, twin_blocks
+        from colorizer import pooled_norm
+        logging.basicConfig()
+        block, reference = twin_blocks(0, torch.channels_last)
+        for _ in range(2):
+            x = torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            x_ref = x.detach().clone().requires_grad_(True)
+            block(x).sum().backward()
+            as_designed(reference, x_ref).sum().backward()
+            torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+        assert not pooled_norm.fused_kernels_apply(x)
+        """
+    )
+    environment = os.environ | {
+        "CXX": str(tmp_path / "no-such-c++"),
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=600, cwd=os.getcwd()
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("cannot build the fused BatchNorm/pooling kernels") == 1, done.stderr
