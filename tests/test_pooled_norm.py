@@ -10,6 +10,7 @@ import textwrap
 import pytest
 import torch
 
+from colorizer import pooled_norm
 from colorizer.models import ConvBlock
 from colorizer.pooled_norm import fused_kernels_apply
 
@@ -19,6 +20,12 @@ PATHS = {
     "ATen kernels (contiguous)": (torch.contiguous_format, 16, 16),
     "ATen kernels (odd size)": (torch.channels_last, 15, 17),
 }
+
+
+@pytest.fixture(autouse=True)
+def fused_kernels_at_any_size(monkeypatch):
+    """Small tensors here, where the library leaves tensors under a million elements to ATen."""
+    monkeypatch.setattr(pooled_norm, "FUSED_MIN_ELEMENTS", 0)
 
 
 def as_designed(block: ConvBlock, x: torch.Tensor) -> torch.Tensor:
@@ -37,10 +44,13 @@ def twin_blocks(seed: int, memory_format: torch.memory_format) -> tuple[ConvBloc
     return block.to(memory_format=memory_format), twin.to(memory_format=memory_format)
 
 
-def test_the_paths_are_the_ones_named():
+def test_the_paths_are_the_ones_named(monkeypatch):
     for path, (memory_format, height, width) in PATHS.items():
         x = torch.randn(2, 6, height, width).contiguous(memory_format=memory_format)
         assert fused_kernels_apply(x) == (path == "fused kernels"), path
+    monkeypatch.undo()  # the library's own size rule: a million elements and up
+    assert fused_kernels_apply(torch.zeros(1, 16, 256, 256).contiguous(memory_format=torch.channels_last))
+    assert not fused_kernels_apply(torch.zeros(1, 16, 256, 254).contiguous(memory_format=torch.channels_last))
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -99,7 +109,7 @@ def test_pooling_first_under_bf16_autocast_rounds_about_as_the_designed_order(pa
 
 def test_without_a_cxx_compiler_training_warns_once_and_goes_on_on_aten_kernels(tmp_path):
     """No compiler Inductor can use (a fresh compile cache, so nothing compiled before helps): one
-    warning, and the steps still compute the designed block."""
+    warning, and the steps still compute the designed block (on tensors large enough to be fused)."""
     script = textwrap.dedent(
         """
         import logging, torch
@@ -108,12 +118,15 @@ def test_without_a_cxx_compiler_training_warns_once_and_goes_on_on_aten_kernels(
         logging.basicConfig()
         block, reference = twin_blocks(0, torch.channels_last)
         for _ in range(2):
-            x = torch.randn(4, 3, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+            x = torch.randn(4, 3, 256, 256).contiguous(memory_format=torch.channels_last).requires_grad_(True)
             x_ref = x.detach().clone().requires_grad_(True)
-            block(x).sum().backward()
-            as_designed(reference, x_ref).sum().backward()
-            torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
-        assert not pooled_norm.fused_kernels_apply(x)
+            ours, theirs = block(x), as_designed(reference, x_ref)
+            weights = torch.randn_like(ours)
+            (ours * weights).sum().backward()
+            (theirs * weights).sum().backward()
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+        assert not pooled_norm.fused_kernels_apply(block.conv(x))  # large enough, but not here
         """
     )
     environment = os.environ | {
