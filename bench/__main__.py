@@ -372,7 +372,7 @@ def print_table(f: dict) -> None:
         ),
         (f"train MFU vs {f['train_dtype']} matmul peak", f"{f['train_mfu']:.2f}", "target 0.5"),
         (
-            "train step op time: conv / fused BN+act+pool / BN / activations / pool+upsample",
+            "train step op time: conv / fused BN+act+pool/upsample / BN / act / pool+upsample",
             " / ".join(f"{100 * f['train_op_time_share'].get(k, 0):.0f}%" for k in profile_train.TABLE_KINDS),
             "(python -m bench.profile_train)",
         ),

@@ -1,7 +1,7 @@
 """Where a training step's time goes (`python -m bench.profile_train [BATCH]`): the design document's
 256 px preset as `train` builds it, one step under torch.profiler after warm-up, CPU time by kind of
-operator (convolutions, ConvBlock's fused BatchNorm/LeakyReLU/pooling kernels, the decoder's
-BatchNorm, activations, pooling and upsampling, the optimizer, the rest),
+operator (convolutions, the blocks' fused BatchNorm/activation/pooling/upsampling kernels, the
+BatchNorm, activations, pooling and upsampling left on ATen, the optimizer, the rest),
 with the step's images/s and MFU against the machine's measured bf16 (or fp32) matmul peak."""
 
 from colorizer.runtime import setup_process
@@ -25,8 +25,8 @@ from colorizer.train import build_gan
 
 SIZE = 256
 KINDS = {  # the first pattern found in an operator's name decides its kind
-    # the only compiled graphs in a step are ConvBlock's fused BatchNorm + LeakyReLU + MaxPool kernels
-    "fused BN+act+pool": ("compiledfxgraph",),
+    # the only compiled graphs in a step are the blocks' fused BatchNorm + activation + pool/upsample kernels
+    "fused BN+act+pool/upsample": ("compiledfxgraph",),
     "convolution": ("convolution", "conv", "mkldnn_conv"),
     "batchnorm": ("batch_norm", "native_batch_norm"),
     "activation": ("relu", "leaky", "tanh", "sigmoid", "threshold", "gelu"),
@@ -34,7 +34,7 @@ KINDS = {  # the first pattern found in an operator's name decides its kind
     "loss": ("binary_cross_entropy", "l1_loss", "abs", "mean", "sub"),
     "optimizer": ("adam", "_foreach", "lerp", "addcdiv", "sqrt"),
 }
-TABLE_KINDS = ("convolution", "fused BN+act+pool", "batchnorm", "activation", "pool/upsample/cat")
+TABLE_KINDS = ("convolution", "fused BN+act+pool/upsample", "batchnorm", "activation", "pool/upsample/cat")
 
 
 def kind_of(name: str) -> str:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from colorizer.config import ModelConfig
-from colorizer.pooled_norm import pooled_norm_act
+from colorizer.fused_blocks import pooled_norm_act, upsampled_norm_act
 
 
 class ConvBlock(nn.Module):
@@ -43,8 +43,10 @@ class ConvTBlock(nn.Module):
         self.act = nn.ReLU(inplace=True)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.norm(self.conv(x))))
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        # with a skip (B, Cs, 2H, 2W) the output is concatenated with it: (B, Cout + Cs, 2H, 2W), the
+        # UNet's next input, written in one go (`upsampled_norm_act`)
+        return upsampled_norm_act(self.conv(x), self.norm, self.act, self.up, skip)
 
 
 def generator_depth(widths: list[int], image_size: int) -> int:
@@ -77,8 +79,9 @@ class Generator(nn.Module):
             x = block(x)  # (B, w_i, H / 2^(i+1), W / 2^(i+1))
             skips.append(x)
         skips.pop()  # the bottleneck feeds up[0] directly
-        for i, block in enumerate(self.up):
-            x = block(x if i == 0 else torch.cat([x, skips.pop()], dim=1))
+        for block in self.up:
+            # up[k]'s output is concatenated with the encoder output of its size: up[k + 1]'s input
+            x = block(x, skips.pop() if skips else None)
         return torch.tanh(self.head(x))  # (B, 2, H, W)
 
 

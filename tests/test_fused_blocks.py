@@ -1,6 +1,8 @@
-"""ConvBlock's pooled BatchNorm -> LeakyReLU (`pooled_norm_act`) against the design document's order
-written out, conv -> BatchNorm -> LeakyReLU -> MaxPool, on both of its paths: the fused kernels
-(training on a channels-last CPU tensor of even size) and ATen's kernels (anything else)."""
+"""The blocks' fused BatchNorm/activation/resampling against the design document's order written out:
+ConvBlock's conv -> BatchNorm -> LeakyReLU -> MaxPool (`pooled_norm_act`) and ConvTBlock's transposed
+conv -> BatchNorm -> ReLU -> Upsample, then the UNet's concatenation (`upsampled_norm_act`), on both of
+their paths: the fused kernels (training on a channels-last CPU tensor of even size) and ATen's
+kernels (anything else)."""
 
 import os
 import subprocess
@@ -10,9 +12,9 @@ import textwrap
 import pytest
 import torch
 
-from colorizer import pooled_norm
-from colorizer.models import ConvBlock
-from colorizer.pooled_norm import fused_kernels_apply
+from colorizer import fused_blocks
+from colorizer.fused_blocks import fused_kernels_apply
+from colorizer.models import ConvBlock, ConvTBlock
 
 # the input that takes each path: (memory format, height, width)
 PATHS = {
@@ -25,7 +27,7 @@ PATHS = {
 @pytest.fixture(autouse=True)
 def fused_kernels_at_any_size(monkeypatch):
     """Small tensors here, where the library leaves tensors under a million elements to ATen."""
-    monkeypatch.setattr(pooled_norm, "FUSED_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(fused_blocks, "FUSED_MIN_ELEMENTS", 0)
 
 
 def as_designed(block: ConvBlock, x: torch.Tensor) -> torch.Tensor:
@@ -107,14 +109,79 @@ def test_pooling_first_under_bf16_autocast_rounds_about_as_the_designed_order(pa
     assert error < 1.5 * designed_error  # measured 1.0-1.3x: the batch statistics are rounded to bf16 too
 
 
+def as_designed_up(block: ConvTBlock, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+    """ConvTBlock in the design document's order, and the UNet's concatenation of the skip after it."""
+    out = block.up(block.act(block.norm(block.conv(x))))
+    return out if skip is None else torch.cat([out, skip], dim=1)
+
+
+def twin_up_blocks(seed: int, memory_format: torch.memory_format) -> tuple[ConvTBlock, ConvTBlock]:
+    torch.manual_seed(seed)
+    block = ConvTBlock(6, 5)
+    with torch.no_grad():  # trained scales and shifts, two of them negative
+        block.norm.weight.copy_(torch.tensor([1.5, -0.7, 0.3, 1.0, -2.0]))
+        block.norm.bias.copy_(torch.linspace(-0.5, 0.5, 5))
+    twin = ConvTBlock(6, 5)
+    twin.load_state_dict(block.state_dict())
+    return block.to(memory_format=memory_format), twin.to(memory_format=memory_format)
+
+
+UP_PATHS = {"fused kernels": torch.channels_last, "ATen kernels": torch.contiguous_format}
+
+
+@pytest.mark.parametrize("path", UP_PATHS)
+@pytest.mark.parametrize("with_skip", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_upsampling_block_and_its_concatenation_are_the_designed_ones(path, with_skip, training):
+    memory_format = UP_PATHS[path]
+    block, reference = twin_up_blocks(0, memory_format)
+    block.train(training)
+    reference.train(training)
+    for _ in range(3):
+        x = torch.randn(4, 6, 8, 8).contiguous(memory_format=memory_format).requires_grad_(True)
+        assert fused_kernels_apply(block.conv(x)) == (path == "fused kernels")
+        skip = torch.randn(4, 3, 16, 16).contiguous(memory_format=memory_format).requires_grad_(True)
+        skip = skip if with_skip else None
+        x_ref = x.detach().clone().requires_grad_(True)
+        skip_ref = skip.detach().clone().requires_grad_(True) if with_skip else None
+        ours, theirs = block(x, skip), as_designed_up(reference, x_ref, skip_ref)
+        assert ours.shape == (4, 5 + 3 * with_skip, 16, 16)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        weights = torch.randn_like(ours)
+        (ours * weights).sum().backward()
+        (theirs * weights).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+        if with_skip:
+            torch.testing.assert_close(skip.grad, skip_ref.grad)
+        for (name, p), p_ref in zip(block.named_parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for name, buffer in block.norm.named_buffers():
+        torch.testing.assert_close(buffer, dict(reference.norm.named_buffers())[name], msg=name)
+
+
+@pytest.mark.parametrize("path", UP_PATHS)
+def test_upsampling_block_under_bf16_autocast_rounds_about_as_the_designed_order(path):
+    memory_format = UP_PATHS[path]
+    x = torch.randn(8, 6, 16, 16).contiguous(memory_format=memory_format)
+    skip = torch.randn(8, 3, 32, 32).contiguous(memory_format=memory_format)
+    exact = as_designed_up(twin_up_blocks(1, memory_format)[0], x, skip).detach()  # fp32
+    block, reference = twin_up_blocks(1, memory_format)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        skip_bf16 = skip.to(torch.bfloat16)  # as the encoder hands it over under autocast
+        ours, theirs = block(x, skip_bf16), as_designed_up(reference, x, skip_bf16)
+    assert ours.dtype == theirs.dtype == torch.bfloat16
+    error, designed_error = ((y.float() - exact).abs().mean() for y in (ours, theirs))
+    assert error < 1.5 * designed_error
+
+
 def test_without_a_cxx_compiler_training_warns_once_and_goes_on_on_aten_kernels(tmp_path):
     """No compiler Inductor can use (a fresh compile cache, so nothing compiled before helps): one
     warning, and the steps still compute the designed block (on tensors large enough to be fused)."""
     script = textwrap.dedent(
         """
         import logging, torch
-        from tests.test_pooled_norm import as_designed, twin_blocks
-        from colorizer import pooled_norm
+        from tests.test_fused_blocks import as_designed, twin_blocks
+        from colorizer import fused_blocks
         logging.basicConfig()
         block, reference = twin_blocks(0, torch.channels_last)
         for _ in range(2):
@@ -126,7 +193,7 @@ def test_without_a_cxx_compiler_training_warns_once_and_goes_on_on_aten_kernels(
             (theirs * weights).sum().backward()
             torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
-        assert not pooled_norm.fused_kernels_apply(block.conv(x))  # large enough, but not here
+        assert not fused_blocks.fused_kernels_apply(block.conv(x))  # large enough, but not here
         """
     )
     environment = os.environ | {
