@@ -139,9 +139,10 @@ def _fusable_skip(skip: torch.Tensor | None, x: torch.Tensor) -> bool:
 
 
 # ---- the fused CPU kernels -------------------------------------------------------------------
-# Written as tensor expressions on a (B, H/2, 2, W/2, 2, C) view of the channels-last x, which
-# Inductor turns into one vectorised loop each. By hand (ATen ops) every expression below would be
-# a pass of its own over the full-size tensor: the point is that they are not.
+# Written as tensor expressions on (B, H, W, C) views of channels-last tensors, which Inductor turns
+# into one vectorised loop each; by hand (ATen ops) every expression would be a pass of its own over
+# the full-size tensor. The per-channel coefficients are computed outside them, on tensors of C
+# numbers: inside, Inductor would recompute each one (rsqrt, divisions) for every pixel.
 
 _WINDOW_POSITION = torch.tensor([[0.0, 1.0], [2.0, 3.0]]).view(1, 1, 2, 1, 2, 1)  # row-major, as ATen scans
 
@@ -152,12 +153,24 @@ def _windows(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(b, h // 2, 2, w // 2, 2, c)
 
 
-def _pooled_forward(x, mean, var, weight, bias, eps: float, slope: float):  # noqa: ANN001, ANN202
+def _affine(mean, var, weight, bias, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BatchNorm as y = scale * x + shift, per channel: (invstd, scale, shift)."""
+    invstd = torch.rsqrt(var + eps)
+    scale = invstd * weight
+    return invstd, scale, bias - mean * scale
+
+
+def _backward_coefficients(scale, invstd, mean, grad_weight, grad_bias, count: int):  # noqa: ANN001, ANN202
+    """BatchNorm's backward, dx = w * invstd * (g - mean(g) - xhat * mean(g * xhat)), written as
+    dx = scale * g + x_coefficient * x + offset, given sum(g * xhat) and sum(g): (x_coefficient, offset)."""
+    x_coefficient = -scale * invstd * grad_weight / count
+    return x_coefficient, -scale * grad_bias / count - x_coefficient * mean
+
+
+def _pooled_forward(x, scale, shift, sign, slope: float):  # noqa: ANN001, ANN202
     """-> (output (B, C, H/2, W/2) in x's dtype, channels-last; each window's maximum (B, H/2, W/2,
-    C) in x's dtype; its position 0-3 as float32, the first of equals as ATen's max pool takes it)."""
-    scale = torch.rsqrt(var + eps) * weight
-    shift = bias - mean * scale
-    sign = torch.where(weight < 0, -1.0, 1.0)  # the sign of scale: invstd > 0
+    C) in x's dtype; its position 0-3 as float32, the first of equals as ATen's max pool takes it).
+    `sign`: -1 where the scale is negative (those channels pool by their minimum), else 1."""
     v = _windows(x).float() * sign
     top_left, top_right = v[:, :, 0, :, 0], v[:, :, 0, :, 1]
     bottom_left, bottom_right = v[:, :, 1, :, 0], v[:, :, 1, :, 1]
@@ -171,33 +184,32 @@ def _pooled_forward(x, mean, var, weight, bias, eps: float, slope: float):  # no
     return out.to(x.dtype).permute(0, 3, 1, 2), pooled.to(x.dtype), position
 
 
-def _pooled_backward(grad, x, pooled, position, weight, bias, mean, var, eps: float, slope: float):  # noqa: ANN001, ANN202
-    """-> (grad x, grad weight, grad bias): LeakyReLU's backward on the pooled pixels, then
-    BatchNorm's, dx = w * invstd * (g - mean(g) - xhat * mean(g * xhat)), where g is nonzero only
-    at each window's maximum, so both means come from the pooled pixels alone."""
-    b, c, h, w = x.shape
-    invstd = torch.rsqrt(var + eps)
-    scale = invstd * weight
-    pooled = pooled.float()
-    normed = pooled * scale + (bias - mean * scale)  # as the forward computed it: the same side of 0
+def _leaky_grad(grad, pooled, scale, shift, slope: float):  # noqa: ANN001, ANN202
+    """The upstream gradient through the LeakyReLU at each window's maximum, (B, H/2, W/2, C) float32."""
+    normed = pooled.float() * scale + shift  # as the forward computed it: the same side of 0
     g = grad.permute(0, 2, 3, 1).float()
-    g = torch.where(normed > 0, g, g * slope)
-    count = b * h * w
-    grad_bias = g.sum((0, 1, 2))
-    grad_weight = (g * (pooled - mean)).sum((0, 1, 2)) * invstd  # sum(g * xhat)
-    x_coefficient = -scale * invstd * grad_weight / count  # dx = x_coefficient * x + offset + (at the max) scale * g
-    offset = -scale * grad_bias / count - x_coefficient * mean
-    at_max = (scale * g).view(b, h // 2, 1, w // 2, 1, c)
+    return torch.where(normed > 0, g, g * slope)
+
+
+def _pooled_backward_sums(grad, pooled, scale, shift, mean, slope: float):  # noqa: ANN001, ANN202
+    """-> (sum(g * (x - mean)), sum(g)) per channel, over the pooled pixels alone: g is nonzero
+    only at each window's maximum."""
+    g = _leaky_grad(grad, pooled, scale, shift, slope)
+    return (g * (pooled.float() - mean)).sum((0, 1, 2)), g.sum((0, 1, 2))
+
+
+def _pooled_backward(grad, x, pooled, position, scale, shift, slope: float, x_coefficient, offset):  # noqa: ANN001, ANN202
+    """-> grad x = scale * g (at each window's maximum) + x_coefficient * x + offset."""
+    b, c, h, w = x.shape
+    at_max = (scale * _leaky_grad(grad, pooled, scale, shift, slope)).view(b, h // 2, 1, w // 2, 1, c)
     is_max = position.view(b, h // 2, 1, w // 2, 1, c) == _WINDOW_POSITION
     dx = _windows(x).float() * x_coefficient + offset + torch.where(is_max, at_max, 0.0)
-    return dx.reshape(b, h, w, c).to(x.dtype).permute(0, 3, 1, 2), grad_weight, grad_bias
+    return dx.reshape(b, h, w, c).to(x.dtype).permute(0, 3, 1, 2)
 
 
-def _upsampled_forward(x, skip, mean, var, weight, bias, eps: float):  # noqa: ANN001, ANN202
-    """-> cat([upsample(relu(norm(x))), skip]) (B, C + Cs, 2H, 2W), channels-last, in x's dtype."""
-    scale = torch.rsqrt(var + eps) * weight
-    normed = x.permute(0, 2, 3, 1).float() * scale + (bias - mean * scale)  # (B, H, W, C)
-    out = torch.relu(normed).to(x.dtype)
+def _upsampled_forward(x, skip, scale, shift):  # noqa: ANN001, ANN202
+    """-> cat([upsample(relu(scale * x + shift)), skip]) (B, C + Cs, 2H, 2W), channels-last, in x's dtype."""
+    out = torch.relu(x.permute(0, 2, 3, 1).float() * scale + shift).to(x.dtype)  # (B, H, W, C)
     b, h, w, c = out.shape
     out = out.view(b, h, 1, w, 1, c).expand(b, h, 2, w, 2, c).reshape(b, 2 * h, 2 * w, c)
     if skip is not None:
@@ -205,69 +217,83 @@ def _upsampled_forward(x, skip, mean, var, weight, bias, eps: float):  # noqa: A
     return out.permute(0, 3, 1, 2)
 
 
-def _upsampled_backward(grad, x, weight, bias, mean, var, eps: float, with_skip: bool):  # noqa: ANN001, ANN202
-    """-> (grad x, grad skip or None, grad weight, grad bias): the upsample's backward (the sum of
-    each 2x2 window), ReLU's, then BatchNorm's, dx = w * invstd * (g - mean(g) - xhat * mean(g * xhat))."""
+def _relu_upsample_grad(grad, x, scale, shift):  # noqa: ANN001, ANN202
+    """The upstream gradient of x's channels through the upsample (the sum of each 2x2 window) and
+    the ReLU: (B, H, W, C) float32."""
     b, c, h, w = x.shape
-    g = grad.permute(0, 2, 3, 1)  # (B, 2H, 2W, C + Cs)
-    grad_skip = g[..., c:].contiguous().permute(0, 3, 1, 2) if with_skip else None
-    g = g[..., :c].float().reshape(b, h, 2, w, 2, c).sum((2, 4))  # (B, H, W, C)
-    invstd = torch.rsqrt(var + eps)
-    scale = invstd * weight
-    centred = x.permute(0, 2, 3, 1).float() - mean
-    g = torch.where(centred * scale + bias > 0, g, 0.0)
-    count = b * h * w
-    grad_bias = g.sum((0, 1, 2))
-    grad_weight = (g * centred).sum((0, 1, 2)) * invstd  # sum(g * xhat)
-    grad_x = scale * (g - grad_bias / count - centred * (invstd * grad_weight / count))
-    return grad_x.to(x.dtype).permute(0, 3, 1, 2), grad_skip, grad_weight, grad_bias
+    g = grad.permute(0, 2, 3, 1)[..., :c].float().reshape(b, h, 2, w, 2, c).sum((2, 4))
+    return torch.where(x.permute(0, 2, 3, 1).float() * scale + shift > 0, g, 0.0)
+
+
+def _upsampled_backward_sums(grad, x, scale, shift, mean):  # noqa: ANN001, ANN202
+    """-> (sum(g * (x - mean)), sum(g)) per channel."""
+    g = _relu_upsample_grad(grad, x, scale, shift)
+    return (g * (x.permute(0, 2, 3, 1).float() - mean)).sum((0, 1, 2)), g.sum((0, 1, 2))
+
+
+def _upsampled_backward(grad, x, scale, shift, x_coefficient, offset, with_skip: bool):  # noqa: ANN001, ANN202
+    """-> (grad x = scale * g + x_coefficient * x + offset, grad skip or None)."""
+    c = x.shape[1]
+    g = _relu_upsample_grad(grad, x, scale, shift)
+    grad_x = scale * g + x.permute(0, 2, 3, 1).float() * x_coefficient + offset
+    grad_skip = grad.permute(0, 2, 3, 1)[..., c:].contiguous().permute(0, 3, 1, 2) if with_skip else None
+    return grad_x.to(x.dtype).permute(0, 3, 1, 2), grad_skip
 
 
 class _FusedUpsampledNormAct(torch.autograd.Function):
-    """cat([upsample(ReLU(BatchNorm(x))), skip]) in training mode, on two fused kernels."""
+    """cat([upsample(ReLU(BatchNorm(x))), skip]) in training mode, on the fused kernels."""
 
     @staticmethod
     def forward(ctx, x, skip, weight, bias, running_mean, running_var, momentum, eps):  # noqa: ANN001, ANN205
         mean, var = _batch_statistics(x, running_mean, running_var, momentum)
-        ctx.save_for_backward(x, weight, bias, mean, var)
-        ctx.eps, ctx.with_skip = eps, skip is not None
-        return _run_fused("upsampled forward", x, skip, mean, var, weight, bias, eps)
+        invstd, scale, shift = _affine(mean, var, weight, bias, eps)
+        ctx.save_for_backward(x, mean, invstd, scale, shift)
+        ctx.with_skip = skip is not None
+        return _run_fused("upsampled forward", x, skip, scale, shift)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, weight, bias, mean, var = ctx.saved_tensors
-        grad_x, grad_skip, grad_weight, grad_bias = _run_fused(
-            "upsampled backward", grad, x, weight, bias, mean, var, ctx.eps, ctx.with_skip
-        )
+        x, mean, invstd, scale, shift = ctx.saved_tensors
+        centred_sum, grad_bias = _run_fused("upsampled backward sums", grad, x, scale, shift, mean)
+        grad_weight = centred_sum * invstd  # sum(g * xhat)
+        count = x.numel() // x.shape[1]
+        coefficients = _backward_coefficients(scale, invstd, mean, grad_weight, grad_bias, count)
+        grad_x, grad_skip = _run_fused("upsampled backward", grad, x, scale, shift, *coefficients, ctx.with_skip)
         return grad_x, grad_skip, grad_weight, grad_bias, None, None, None, None
 
 
 class _FusedPooledNormAct(torch.autograd.Function):
-    """pool(LeakyReLU(BatchNorm(x))) in training mode, on the two fused kernels."""
+    """pool(LeakyReLU(BatchNorm(x))) in training mode, on the fused kernels."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, slope):  # noqa: ANN001, ANN205
         mean, var = _batch_statistics(x, running_mean, running_var, momentum)
-        out, pooled, position = _run_fused("pooled forward", x, mean, var, weight, bias, eps, slope)
-        ctx.save_for_backward(x, pooled, position, weight, bias, mean, var)
-        ctx.eps, ctx.slope = eps, slope
+        invstd, scale, shift = _affine(mean, var, weight, bias, eps)
+        sign = torch.where(scale < 0, -1.0, 1.0)
+        out, pooled, position = _run_fused("pooled forward", x, scale, shift, sign, slope)
+        ctx.save_for_backward(x, pooled, position, mean, invstd, scale, shift)
+        ctx.slope = slope
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, pooled, position, weight, bias, mean, var = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = _run_fused(
-            "pooled backward", grad, x, pooled, position, weight, bias, mean, var, ctx.eps, ctx.slope
-        )
+        x, pooled, position, mean, invstd, scale, shift = ctx.saved_tensors
+        centred_sum, grad_bias = _run_fused("pooled backward sums", grad, pooled, scale, shift, mean, ctx.slope)
+        grad_weight = centred_sum * invstd  # sum(g * xhat)
+        count = x.numel() // x.shape[1]
+        coefficients = _backward_coefficients(scale, invstd, mean, grad_weight, grad_bias, count)
+        grad_x = _run_fused("pooled backward", grad, x, pooled, position, scale, shift, ctx.slope, *coefficients)
         return grad_x, grad_weight, grad_bias, None, None, None, None, None
 
 
 _KERNELS = {
     "pooled forward": _pooled_forward,
+    "pooled backward sums": _pooled_backward_sums,
     "pooled backward": _pooled_backward,
     "upsampled forward": _upsampled_forward,
+    "upsampled backward sums": _upsampled_backward_sums,
     "upsampled backward": _upsampled_backward,
 }
 _compiled_kernels: dict[str, object] = {}
