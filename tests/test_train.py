@@ -106,6 +106,20 @@ def test_other_params_start_over(tiny_shards, tmp_path, mlflow_store, caplog):
     assert pd.read_csv(tmp_path / "plots.csv").epoch.tolist() == [1]
 
 
+def test_the_fingerprint_hashes_every_module_the_model_runs():
+    """A checkpoint trained by other model code must start over, not be resumed: the code hashed
+    covers the modules the model's blocks call into (config changes show in the params instead)."""
+    from colorizer import models
+
+    called = {
+        sys.modules[value.__module__]
+        for value in vars(models).values()
+        if getattr(value, "__module__", "").startswith("colorizer.") and value.__module__ != "colorizer.config"
+    }
+    assert sys.modules["colorizer.fused_blocks"] in called
+    assert called <= set(train_module.TRAINING_CODE)
+
+
 def test_a_checkpoint_of_an_older_format_starts_over(tiny_shards, tmp_path, mlflow_store, caplog):
     caplog.set_level(logging.INFO, logger="colorizer")
     (tmp_path / "state").mkdir()

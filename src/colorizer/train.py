@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -21,7 +22,7 @@ import torch
 from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader, DistributedSampler
 
-from colorizer import models, tracking
+from colorizer import fused_blocks, losses, models, tracking
 from colorizer.checkpoints import OutdatedCheckpoint, export_model, load_checkpoint, load_into, save_checkpoint
 from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig, UserError
 from colorizer.devices import autocast, autocast_dtype, pick_device
@@ -250,12 +251,16 @@ def write_samples(gan: Gan, dataset: LabShardDataset, count: int, seed: int, pat
     save_png(path, sample_grid(L, fake, ab))
 
 
+# the modules whose code a checkpoint was trained with: the loop, the losses, the model and its kernels
+TRAINING_CODE = (sys.modules[__name__], losses, models, fused_blocks)
+
+
 def fingerprint(params: Params, shard_dir: Path, world_size: int = 1) -> str:
     """What a checkpoint must share with this run to be resumed: params but the epoch count, the data,
     the code of the model and the loop (a fixed bug must not be resumed past), and the number of ranks
     (another splits every batch and epoch differently)."""
     train = params.train.model_dump(exclude={"epochs", "loader_workers", "threads", "sample_count"})
-    code = hashlib.sha256(Path(__file__).read_bytes() + Path(models.__file__).read_bytes()).hexdigest()
+    code = hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in TRAINING_CODE)).hexdigest()
     payload = {
         "seed": params.seed,
         "model": params.model.model_dump(),
