@@ -44,8 +44,7 @@ def pooled_norm_act(x: torch.Tensor, norm: nn.BatchNorm2d, act: nn.LeakyReLU, po
 
 
 def _eval_pooled_norm(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
-    scale = torch.rsqrt(norm.running_var + norm.eps) * norm.weight
-    shift = norm.bias - norm.running_mean * scale
+    _, scale, shift = _affine(norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps)
     pooled = _signed_max_pool(x, scale < 0)[0]
     return torch.addcmul(_per_channel(shift, x.dtype), pooled, _per_channel(scale, x.dtype))
 
@@ -89,24 +88,23 @@ class _PooledBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps):  # noqa: ANN001, ANN205
         mean, var = _batch_statistics(x, running_mean, running_var, momentum)
-        scale = torch.rsqrt(var + eps) * weight
+        invstd, scale, shift = _affine(mean, var, weight, bias, eps)
         pooled, indices = _signed_max_pool(x, scale < 0)
-        ctx.save_for_backward(x, weight, mean, var, indices)
+        ctx.save_for_backward(x, weight, mean, invstd, indices)
         ctx.eps = eps
         # in x's dtype, one op: under autocast the next convolution takes bf16, as it would from BatchNorm
-        return torch.addcmul(_per_channel(bias - mean * scale, x.dtype), pooled, _per_channel(scale, x.dtype))
+        return torch.addcmul(_per_channel(shift, x.dtype), pooled, _per_channel(scale, x.dtype))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x, weight, mean, var, indices = ctx.saved_tensors
+        x, weight, mean, invstd, indices = ctx.saved_tensors
         # the upstream gradient where the pool took its values, zero elsewhere; then BatchNorm's own
         # training-mode backward over the whole x with the batch's statistics: the same formula,
         # dx = invstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), in its fused kernel
         scattered = torch.ops.aten.max_pool2d_with_indices_backward(
             grad.to(x.dtype), x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices
         )
-        invstd = torch.rsqrt(var + ctx.eps)
         grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
             scattered, x, weight, None, None, mean, invstd, True, ctx.eps, [True, True, True]
         )
