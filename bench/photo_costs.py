@@ -11,6 +11,7 @@ from colorizer.runtime import setup_process
 if __name__ == "__main__":  # run alone; `make bench` imports it after its own set-up
     setup_process()  # before torch loads, as the entry points do
 
+import contextlib
 import io
 import json
 import statistics
@@ -18,8 +19,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-import contextlib
 
 import cv2
 import numpy as np

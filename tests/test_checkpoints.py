@@ -36,6 +36,22 @@ def test_exported_model_loads_back_exactly(exported):
         torch.testing.assert_close(load_discriminator(model_dir)(pair), discriminator(pair), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("shipped", [False, True])  # fp32 as exported, fp16 as shipped
+def test_weights_load_channels_last_with_the_same_values(exported, tmp_path, shipped):
+    model_dir = exported[0]
+    if shipped:
+        ship_generator(model_dir, tmp_path / "shipped")
+        model_dir = tmp_path / "shipped"
+    plain, _ = load_generator(model_dir)
+    channels_last, _ = load_generator(model_dir, torch.channels_last)
+    for (name, p), q in zip(plain.state_dict().items(), channels_last.state_dict().values(), strict=True):
+        assert p.dtype == q.dtype == (torch.float32 if p.is_floating_point() else torch.int64), name
+        assert p.is_contiguous(), name
+        assert q.is_contiguous(memory_format=torch.channels_last) if q.dim() == 4 else q.is_contiguous(), name
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert any(p.dim() == 4 and not p.is_contiguous() for p in channels_last.parameters())
+
+
 def test_weights_missing_a_tensor_are_a_clear_error(exported):
     model_dir = exported[0]
     tensors = load_file(str(model_dir / GENERATOR_FILE))

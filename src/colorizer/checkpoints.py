@@ -145,16 +145,19 @@ def read_model_info(model_dir: Path) -> dict[str, Any]:
     return info
 
 
-def load_generator(model_dir: Path) -> tuple[Generator, dict[str, Any]]:
-    """The generator in fp32 (shipped weights are stored in fp16), after checking its bytes against
-    model.json's sha256: a damaged file must not colorize an archive white."""
+def load_generator(
+    model_dir: Path, memory_format: torch.memory_format = torch.contiguous_format
+) -> tuple[Generator, dict[str, Any]]:
+    """The generator in fp32 (shipped weights are stored in fp16), its convolution weights in
+    `memory_format`, after checking its bytes against model.json's sha256: a damaged file must not
+    colorize an archive white."""
     info = read_model_info(model_dir)
     path = Path(model_dir) / GENERATOR_FILE
     # hashed on a second core while the module is built (hashlib lets go of the GIL): ~0.1 s of the
     # ~0.2 s it takes to load a full-width generator, which a bulk run waits for
     with ThreadPoolExecutor(1) as pool:
         digest = pool.submit(sha256_of, path) if path.is_file() and info.get("model_sha256") else None
-        generator = _built_from(lambda: Generator(info["generator_widths"], info["image_size"]), path)
+        generator = _built_from(lambda: Generator(info["generator_widths"], info["image_size"]), path, memory_format)
         if digest is not None and digest.result() != info["model_sha256"]:
             raise CheckpointError(
                 f"{path}: sha256 differs from {MODEL_INFO_FILE}'s model_sha256 (damaged or replaced); "
@@ -193,12 +196,12 @@ def load_discriminator(model_dir: Path) -> Discriminator:
     return _built_from(lambda: Discriminator(info["discriminator_widths"]), path)
 
 
-def _built_from(build: Callable[[], M], path: Path) -> M:
+def _built_from(build: Callable[[], M], path: Path, memory_format: torch.memory_format = torch.contiguous_format) -> M:
     """Build a module without initialising it (random init of the full generator costs ~0.15 s, all
     overwritten) and take the saved tensors as its own; in eval mode."""
     with torch.device("meta"):
         module = build()
-    load_into(module, _load_safetensors(path), path, assign=True)
+    load_into(module, _load_safetensors(path, memory_format), path, assign=True)
     tensors = list(itertools.chain(module.parameters(), module.buffers()))
     if any(t.is_meta for t in tensors):
         raise CheckpointError(f"{path}: does not hold every tensor of the model; delete it to start over")
@@ -210,9 +213,18 @@ def _built_from(build: Callable[[], M], path: Path) -> M:
     return module.eval()
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+def _load_safetensors(
+    path: Path, memory_format: torch.memory_format = torch.contiguous_format
+) -> dict[str, torch.Tensor]:
+    """The file's tensors, fp16 ones as fp32; 4-D ones (convolution weights) in `memory_format`, in
+    the same copy (for a full-width generator, 40 ms less than a second pass after loading)."""
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"{path}: cannot read model weights ({e})") from None
-    return {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()}
+
+    def converted(tensor: torch.Tensor) -> torch.Tensor:  # itself where nothing changes
+        dtype = torch.float32 if tensor.dtype == torch.float16 else tensor.dtype
+        return tensor.to(dtype, memory_format=memory_format if tensor.dim() == 4 else torch.preserve_format)
+
+    return {name: converted(tensor) for name, tensor in tensors.items()}

@@ -20,7 +20,7 @@ class ModelRunner:
     """The trained generator on the chosen device, predicting a*b* (Lab units) for batches of L."""
 
     def __init__(self, model_dir: Path, options: ColorizeOptions):
-        generator, info = load_generator(model_dir)
+        generator, info = load_generator(model_dir, torch.channels_last)  # as it runs: no second copy
         self.size = input_size(model_dir, options)
         multiple = 2 ** len(generator.down)
         if self.size % multiple:
