@@ -158,6 +158,29 @@ def _affine(mean, var, weight, bias, eps: float) -> tuple[torch.Tensor, torch.Te
     return invstd, scale, bias - mean * scale
 
 
+def _shifted_sums(x, shift):  # noqa: ANN001, ANN202
+    """-> per channel, sum(x - shift) and sum((x - shift)^2) over a channels-last x, in float32."""
+    v = x.permute(0, 2, 3, 1).float() - shift
+    return v.sum((0, 1, 2)), (v * v).sum((0, 1, 2))
+
+
+def _fused_batch_statistics(x, running_mean, running_var, momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `_batch_statistics` (mean and biased variance in float32, the running statistics moved as
+    BatchNorm moves them), in one pass of a compiled kernel where ATen's takes two (8x64x256x256
+    bf16: 5.6 instead of 12 ms). The sums are of x minus each channel's first value, which is of the
+    channel's own magnitude: a sum of squares of x itself would cancel when the mean dwarfs the
+    spread. Float32 throughout (ATen's rounds a bf16 x's statistics to bf16)."""
+    shift = x[0, :, 0, 0].float()
+    centred_sum, square_sum = _run_fused("batch statistics", x, shift)
+    count = x.numel() // x.shape[1]
+    offset = centred_sum / count
+    mean, var = shift + offset, (square_sum / count - offset * offset).clamp_min(0.0)
+    if running_mean is not None:
+        running_mean.lerp_(mean, momentum)
+        running_var.lerp_(var * (count / max(count - 1, 1)), momentum)  # the unbiased variance, as BatchNorm
+    return mean, var
+
+
 def _backward_coefficients(scale, invstd, mean, grad_weight, grad_bias, count: int):  # noqa: ANN001, ANN202
     """BatchNorm's backward, dx = w * invstd * (g - mean(g) - xhat * mean(g * xhat)), written as
     dx = scale * g + x_coefficient * x + offset, given sum(g * xhat) and sum(g): (x_coefficient, offset)."""
@@ -243,7 +266,7 @@ class _FusedUpsampledNormAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, skip, weight, bias, running_mean, running_var, momentum, eps):  # noqa: ANN001, ANN205
-        mean, var = _batch_statistics(x, running_mean, running_var, momentum)
+        mean, var = _fused_batch_statistics(x, running_mean, running_var, momentum)
         invstd, scale, shift = _affine(mean, var, weight, bias, eps)
         ctx.save_for_backward(x, mean, invstd, scale, shift)
         ctx.with_skip = skip is not None
@@ -266,7 +289,7 @@ class _FusedPooledNormAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, slope):  # noqa: ANN001, ANN205
-        mean, var = _batch_statistics(x, running_mean, running_var, momentum)
+        mean, var = _fused_batch_statistics(x, running_mean, running_var, momentum)
         invstd, scale, shift = _affine(mean, var, weight, bias, eps)
         sign = torch.where(scale < 0, -1.0, 1.0)
         out, pooled, position = _run_fused("pooled forward", x, scale, shift, sign, slope)
@@ -287,6 +310,7 @@ class _FusedPooledNormAct(torch.autograd.Function):
 
 
 _KERNELS = {
+    "batch statistics": _shifted_sums,
     "pooled forward": _pooled_forward,
     "pooled backward sums": _pooled_backward_sums,
     "pooled backward": _pooled_backward,
