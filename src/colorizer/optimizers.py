@@ -1,0 +1,36 @@
+"""Adam for channels-last models: torch's fused kernel, fed tensors it need not copy.
+
+The fused CPU kernel copies every parameter that is not contiguous (a channels-last convolution
+weight), its gradient and both moments to contiguous tensors and the results back: 19 of the 41 ms
+of the full-width generator's step on a 2-core AMX Xeon. Adam is elementwise, so the kernel may as
+well update a weight through the view that makes it contiguous, (O, kh, kw, I) for a channels-last
+(O, I, kh, kw), as long as the parameter, its gradient and its moments are all seen through the
+same one; the result is the same, bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _contiguous_views(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors of one parameter seen as contiguous (O, kh, kw, I) when every one of them is a
+    channels-last 4-D tensor that is not contiguous as it is; otherwise as they are."""
+    if all(
+        t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last) for t in tensors
+    ):
+        return [t.permute(0, 2, 3, 1) for t in tensors]
+    return tensors
+
+
+class ChannelsLastAdam(torch.optim.Adam):
+    """torch.optim.Adam (use it with fused=True), its parameters' state as Adam keeps it; only the
+    tensors handed to the kernel differ, as views of the same memory."""
+
+    def _init_group(self, group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps):  # noqa: ANN001, ANN202
+        has_complex = super()._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps)
+        per_parameter = [params, grads, exp_avgs, exp_avg_sqs] + ([max_exp_avg_sqs] if group["amsgrad"] else [])
+        for i, tensors in enumerate(zip(*per_parameter, strict=True)):
+            for tensor_list, view in zip(per_parameter, _contiguous_views(list(tensors)), strict=True):
+                tensor_list[i] = view
+        return has_complex
