@@ -215,6 +215,16 @@ def test_one_pass_batch_statistics_are_batchnorms_and_do_not_cancel(dtype):
         torch.testing.assert_close(ours, aten, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(16, 64, 64, 8), (3, 50, 250, 64), (1, 2, 2, 1), (2, 256, 256, 3)])
+def test_channel_sums_in_chunks_are_the_sums(shape):
+    """Any pixel count, a power of two or not (an odd batch of 50x250 pixels: chunks of what divides it)."""
+    torch.manual_seed(0)
+    values = torch.randn(*shape, dtype=torch.float64)
+    total, squares = fused_blocks._channel_sums(values, values * values)
+    torch.testing.assert_close(total, values.sum((0, 1, 2)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(squares, (values * values).sum((0, 1, 2)), rtol=1e-12, atol=1e-12)
+
+
 def test_without_a_cxx_compiler_training_warns_once_and_goes_on_on_aten_kernels(tmp_path):
     """No compiler Inductor can use (a fresh compile cache, so nothing compiled before helps): one
     warning, and the steps still compute the designed block (on tensors large enough to be fused)."""
