@@ -61,3 +61,26 @@ def test_d_step_moves_d_only_and_g_step_moves_g_only(gan):
     gan.g_step(L, ab, fake_ab, adversarial=True)
     assert all(torch.equal(a, b) for a, b in zip(d_after_d_step, weights(gan.discriminator), strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(g_before, weights(gan.generator), strict=True))
+
+
+@pytest.mark.filterwarnings("ignore:precision bf16")  # an AVX2-only CPU: slow fallback kernels, same values
+def test_the_discriminator_sees_under_autocast_what_the_joined_fp32_image_would_give():
+    """judge() joins L and a*b* in bf16 under autocast: the values, logits and gradient of the fp32
+    join that autocast would cast for the first convolution, with fewer copies."""
+    torch.manual_seed(0)
+    cfg = TrainConfig(precision="bf16", channels_last=True, batch_size=4)
+    gan = build_gan(
+        ModelConfig(generator_widths=[8, 16, 16], discriminator_widths=[8, 16]), cfg, 16, torch.device("cpu")
+    )
+    L, ab = (gan.to_device(t) for t in batch())
+    results = []
+    for join in (gan.judge, lambda L, ab: gan.discriminator(torch.cat([L, ab.float()], dim=1)).float()):
+        fake_ab = ab.to(torch.bfloat16).requires_grad_(True)  # the generator's output under autocast
+        with gan.autocast():
+            logits = join(L, fake_ab)
+        logits.sum().backward()
+        results.append((logits, fake_ab.grad))
+    (ours, our_grad), (designed, designed_grad) = results
+    assert torch.equal(ours, designed)
+    assert our_grad.dtype == designed_grad.dtype == torch.bfloat16
+    assert torch.equal(our_grad, designed_grad)

@@ -67,7 +67,10 @@ class Gan:
 
     def judge(self, L: torch.Tensor, ab: torch.Tensor, discriminator: torch.nn.Module | None = None) -> torch.Tensor:
         discriminator = discriminator or self.discriminator
-        return discriminator(torch.cat([L, ab.to(L.dtype)], dim=1)).float()  # (B, 1, H/16, W/16) logits
+        # joined in the dtype the first convolution computes in: the same values as autocast's cast of
+        # an fp32 join, without that copy and the a*b* copy to fp32 (copies 17 -> 11 ms a step, batch 16)
+        dtype = self.amp_dtype if torch.is_autocast_enabled(L.device.type) and self.amp_dtype else L.dtype
+        return discriminator(torch.cat([L.to(dtype), ab.to(dtype)], dim=1)).float()  # (B, 1, H/16, W/16) logits
 
     def unwrapped(self) -> Gan:
         """The models without their DistributedDataParallel wrappers: what rank 0 validates, samples,
