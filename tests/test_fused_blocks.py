@@ -181,6 +181,61 @@ def test_upsampling_block_and_its_concatenation_are_the_designed_ones(path, with
 
 
 @pytest.mark.parametrize("path", with_compiler_marks(UP_PATHS))
+@pytest.mark.parametrize("training", [True, False])
+def test_last_block_before_upsampling_then_the_upsampled_head_is_the_designed_pair(path, training):
+    """The generator's last ConvTBlock and its head: conv -> BatchNorm -> ReLU, then the head's
+    convolution upsampling as it goes, against the block's designed upsampling and the head after it."""
+    memory_format = UP_PATHS[path]
+    block, reference = twin_up_blocks(0, memory_format)
+    torch.manual_seed(1)
+    head = torch.nn.Conv2d(5, 2, 3, padding=1).to(memory_format=memory_format)
+    block.train(training)
+    reference.train(training)
+    for _ in range(3):
+        x = torch.randn(4, 6, 8, 8).contiguous(memory_format=memory_format).requires_grad_(True)
+        x_ref = x.detach().clone().requires_grad_(True)
+        normed = block.before_upsampling(x)
+        assert normed.shape == (4, 5, 8, 8) and fused_kernels_apply(normed) == (path == "fused kernels")
+        ours = fused_blocks.upsampled_conv(normed, head)
+        theirs = head(as_designed_up(reference, x_ref, None))
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        weights = torch.randn_like(ours)
+        (ours * weights).sum().backward()
+        head_grads = [p.grad.clone() for p in head.parameters()]
+        head.zero_grad()
+        (theirs * weights).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+        for ours_grad, p in zip(head_grads, head.parameters(), strict=True):
+            torch.testing.assert_close(ours_grad, p.grad, rtol=1e-4, atol=1e-4)
+        head.zero_grad()
+        for (name, p), p_ref in zip(block.named_parameters(), reference.parameters(), strict=True):
+            torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for name, buffer in block.norm.named_buffers():
+        torch.testing.assert_close(buffer, dict(reference.norm.named_buffers())[name], msg=name)
+
+
+@pytest.mark.parametrize(("height", "width", "bias"), [(8, 8, True), (5, 7, False), (1, 1, True)])
+def test_upsampled_conv_is_the_convolution_of_the_upsampled_image(height, width, bias):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, bias=bias).double()
+    x = torch.randn(2, 3, height, width, dtype=torch.float64, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    ours = fused_blocks.upsampled_conv(x, conv)
+    theirs = conv(torch.nn.functional.interpolate(x_ref, scale_factor=2, mode="nearest"))
+    assert ours.shape == (2, 4, 2 * height, 2 * width)
+    torch.testing.assert_close(ours, theirs, rtol=1e-12, atol=1e-12)
+    weights = torch.randn_like(ours)
+    (ours * weights).sum().backward()
+    ours_grads = [x.grad] + [p.grad.clone() for p in conv.parameters()]
+    conv.zero_grad()
+    (theirs * weights).sum().backward()
+    for a, b in zip(ours_grads, [x_ref.grad] + [p.grad for p in conv.parameters()], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="3x3 convolution of stride 1 and padding 1"):
+        fused_blocks.upsampled_conv(x, torch.nn.Conv2d(3, 4, 3, padding=0))
+
+
+@pytest.mark.parametrize("path", with_compiler_marks(UP_PATHS))
 def test_upsampling_block_under_bf16_autocast_rounds_about_as_the_designed_order(path):
     memory_format = UP_PATHS[path]
     x = torch.randn(8, 6, 16, 16).contiguous(memory_format=memory_format)

@@ -85,3 +85,33 @@ def test_width_multiplier_and_bad_widths():
     assert ModelConfig(width_multiplier=0.5).scaled([64, 3]) == [32, 2]
     with pytest.raises(ValueError):
         ModelConfig(generator_widths=[64, -1])
+
+
+def as_designed(generator: Generator, L: torch.Tensor) -> torch.Tensor:
+    """The design document's generator written out: each block in its designed order, the decoder
+    blocks' outputs joined with the encoder's, the head on the last block's upsampled output."""
+    skips, x = [], L
+    for block in generator.down:
+        x = block.pool(block.act(block.norm(block.conv(x))))
+        skips.append(x)
+    skips.pop()
+    for block in generator.up:
+        x = block.up(block.act(block.norm(block.conv(x))))
+        x = torch.cat([x, skips.pop()], dim=1) if skips else x
+    return torch.tanh(generator.head(x))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_generator_is_the_designed_one(training):
+    torch.manual_seed(0)
+    generator = Generator([4, 8, 8, 8], 32).train(training)
+    twin = Generator([4, 8, 8, 8], 32).train(training)
+    twin.load_state_dict(generator.state_dict())
+    L = torch.rand(3, 1, 32, 32) * 2 - 1
+    ours, theirs = generator(L), as_designed(twin, L)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    weights = torch.randn_like(ours)  # a loss that weighs every output differently
+    (ours * weights).sum().backward()
+    (theirs * weights).sum().backward()
+    for (name, p), p_twin in zip(generator.named_parameters(), twin.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, p_twin.grad, rtol=1e-4, atol=1e-4, msg=name)  # grads up to ~100

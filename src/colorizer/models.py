@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from colorizer.config import ModelConfig
-from colorizer.fused_blocks import pooled_norm_act, upsampled_norm_act
+from colorizer.fused_blocks import norm_act, pooled_norm_act, upsampled_conv, upsampled_norm_act
 
 
 class ConvBlock(nn.Module):
@@ -48,6 +48,11 @@ class ConvTBlock(nn.Module):
         # UNet's next input, written in one go (`upsampled_norm_act`)
         return upsampled_norm_act(self.conv(x), self.norm, self.act, self.up, skip)
 
+    def before_upsampling(self, x: torch.Tensor) -> torch.Tensor:
+        """transposed conv -> BatchNorm -> ReLU: (B, Cin, H, W) -> (B, Cout, H, W), for a next layer
+        that upsamples as it goes (the generator's head: `upsampled_conv`)."""
+        return norm_act(self.conv(x), self.norm, self.act)
+
 
 def generator_depth(widths: list[int], image_size: int) -> int:
     """As many down-blocks as widths, but never below a 1x1 bottleneck."""
@@ -56,7 +61,10 @@ def generator_depth(widths: list[int], image_size: int) -> int:
 
 class Generator(nn.Module):
     """UNet: ConvBlocks down, ConvTBlocks up; every decoder block after the first also takes the
-    matching encoder output (hence doubled input channels); a final conv 3x3 and tanh give a*b*."""
+    matching encoder output (hence doubled input channels); a final conv 3x3 and tanh give a*b*.
+
+    The last ConvTBlock's upsampling is done by the head's convolution (`upsampled_conv`): the same
+    function without the full-size tensor of the block's output channels."""
 
     def __init__(self, widths: list[int], image_size: int):
         super().__init__()
@@ -79,10 +87,11 @@ class Generator(nn.Module):
             x = block(x)  # (B, w_i, H / 2^(i+1), W / 2^(i+1))
             skips.append(x)
         skips.pop()  # the bottleneck feeds up[0] directly
-        for block in self.up:
+        for block in self.up[:-1]:
             # up[k]'s output is concatenated with the encoder output of its size: up[k + 1]'s input
-            x = block(x, skips.pop() if skips else None)
-        return torch.tanh(self.head(x))  # (B, 2, H, W)
+            x = block(x, skips.pop())
+        x = self.up[-1].before_upsampling(x)  # (B, w_0, H / 2, W / 2): no encoder output of full size
+        return torch.tanh(upsampled_conv(x, self.head))  # (B, 2, H, W)
 
 
 class Discriminator(nn.Module):
