@@ -144,14 +144,16 @@ def norm_act(x: torch.Tensor, norm: nn.BatchNorm2d, act: nn.ReLU) -> torch.Tenso
 
 
 def upsampled_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    """conv(2x nearest upsample(x)) for a 3x3 convolution of stride 1 and padding 1, computed on x:
-    (B, C, H, W) -> (B, O, 2H, 2W). Each output pixel's 3x3 window covers 2x2 pixels of x, which 2x2
-    taps depend on its position in its 2x2 block (its phase), and taps on the same pixel of x add up.
-    So one 3x3 convolution of x with 4 O filters, each phase's summed taps, gives the four phases,
-    interleaved by `pixel_shuffle`: the same sums (to rounding; the same FLOPs counted) on a quarter of
-    the pixels, without the upsampled tensor (training at 256 px, batch 16: the head's convolution 64 -> 16
-    ms a step, and the last block's BatchNorm and ReLU, no longer upsampled, 51 -> 20)."""
-    if (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups) != ((3, 3), (1, 1), (1, 1), (1, 1), 1):
+    """conv(2x nearest upsample(x)) for a 3x3 convolution of stride 1 and zero padding 1, computed on
+    x: (B, C, H, W) -> (B, O, 2H, 2W). An output pixel's 3x3 window covers 2x2 pixels of x; which
+    taps fall on which of them depends on the pixel's position in its 2x2 block (its phase), and taps
+    on the same pixel of x add up. So one 3x3 convolution of x with 4 O filters, each phase's taps
+    summed, gives the four phases, interleaved by `pixel_shuffle`: the same sums (to rounding; the
+    same FLOPs counted) on a quarter of the pixels, without the upsampled tensor (training at 256 px,
+    batch 16: the head's convolution 64 -> 16 ms a step, and the last block's BatchNorm and ReLU, no
+    longer upsampled, 51 -> 20)."""
+    geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
+    if geometry != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
         raise ValueError(f"upsampled_conv: for a 3x3 convolution of stride 1 and padding 1, not {conv}")
     bias = conv.bias.repeat_interleave(4) if conv.bias is not None else None
     return nn.functional.pixel_shuffle(nn.functional.conv2d(x, _phase_filters(conv.weight), bias, padding=1), 2)
@@ -206,7 +208,7 @@ def _affine(mean, var, weight, bias, eps: float) -> tuple[torch.Tensor, torch.Te
 
 def _channel_sums(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per-channel sums of (B, H, W, C) expressions, in two stages: each of P chunks of rows, then the
-    P partial sums. Summed in one stage, Inductor's loop takes 16 channels' worth (one vector) at a
+    P partial sums. Summed in one stage, Inductor's loop takes one vector's worth of channels (32) at a
     time over every pixel, so each pass reads all of x for a fraction of it (C = 64: 18 -> 11 ms for
     16x64x256x256 bf16); a chunk of ~64k elements is read once, its other channels still in cache."""
     b, h, w, c = values[0].shape
