@@ -2,6 +2,7 @@ import base64
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -256,3 +257,41 @@ def test_a_damaged_store_is_one_line(tiny_shards, tmp_path, mlflow_store):
     (tmp_path / "mlflow.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 40)
     with pytest.raises(UserError, match=r"mlflow.db: the MLflow store is damaged .*move it aside"):
         run_train(tiny_params(epochs=1), tiny_shards, tmp_path / "out")
+
+
+def test_a_sigterm_in_the_middle_of_an_mlflow_write_still_ends_the_run_killed(mlflow_store):
+    """SIGTERM (a cluster's time limit, a killed `dvc repro`) delivered while SQLite executes one of
+    MLflow's writes takes effect once the write is done, and the run ends KILLED. Raised as SQLite
+    returned, the KeyboardInterrupt made SQLAlchemy drop the connection without rolling back, so this
+    very process held the store's write lock, ending the run failed with "database is locked" and the
+    run stayed RUNNING; raised inside SQLite's callback here, it was lost (sqlite3 ignores errors
+    there): either way the write must finish first."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from colorizer.runtime import setup_process
+
+    setup_process()  # SIGTERM -> KeyboardInterrupt, as in the stage scripts
+    fired = []
+
+    def on_statement(statement: str) -> None:  # called by SQLite itself, inside the write
+        if statement.lstrip().upper().startswith("INSERT INTO METRICS") and not fired:
+            fired.append(statement)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def trace_writes(dbapi_connection, _record) -> None:  # noqa: ANN001
+        dbapi_connection.set_trace_callback(on_statement)
+
+    event.listen(Engine, "connect", trace_writes)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with tracking.training_run({"model": {"x": 1}}, "fingerprint", resume=False) as run_id:
+                for step in range(100):
+                    tracking.log_metrics({"loss": 1.0 / (step + 1)}, step)
+    finally:
+        event.remove(Engine, "connect", trace_writes)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    assert fired, "the signal was never sent: no metric was written"
+    run = MlflowClient(mlflow_store).get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.metrics["loss"] == 1.0  # the write under way when the signal came, then no more

@@ -13,9 +13,11 @@ import csv
 import io
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -209,7 +211,8 @@ def run_of_model(model_sha256: str) -> str | None:
 
 
 def set_tags(tags: dict[str, str]) -> None:
-    _mlflow().set_tags(tags)
+    with _signals_after_mlflow():
+        _mlflow().set_tags(tags)
 
 
 def close_orphaned_runs(keep: str | None = None) -> list[str]:
@@ -244,21 +247,25 @@ def _alive(pid: int) -> bool:
 def training_run(params: dict[str, Any], fingerprint: str, resume: bool) -> Iterator[str]:
     """Start the MLflow run, or continue the one a resumed checkpoint belongs to (found by its training
     fingerprint); it ends FINISHED, FAILED on an error, KILLED on Ctrl-C/SIGTERM."""
-    mlflow = _mlflow()
-    resume_id = newest_run_tagged(FINGERPRINT_TAG, fingerprint) if resume else None
-    close_orphaned_runs(keep=resume_id)
-    # System metrics (CPU, memory, GPU where pynvml is installed) every 10 s, beside the training metrics.
-    run = mlflow.start_run(run_id=resume_id, run_name=os.environ.get("DVC_EXP_NAME"), log_system_metrics=True)
+    with _signals_after_mlflow():
+        mlflow = _mlflow()
+        resume_id = newest_run_tagged(FINGERPRINT_TAG, fingerprint) if resume else None
+        close_orphaned_runs(keep=resume_id)
+        # System metrics (CPU, memory, GPU where pynvml is installed) every 10 s, beside the training metrics.
+        run = mlflow.start_run(run_id=resume_id, run_name=os.environ.get("DVC_EXP_NAME"), log_system_metrics=True)
     try:
-        if resume_id is None:
-            mlflow.log_params(flatten(params))
-        mlflow.set_tags(run_tags() | {FINGERPRINT_TAG: fingerprint, OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"})
+        with _signals_after_mlflow():
+            if resume_id is None:
+                mlflow.log_params(flatten(params))
+            owner = f"{socket.gethostname()}:{os.getpid()}"
+            mlflow.set_tags(run_tags() | {FINGERPRINT_TAG: fingerprint, OWNER_TAG: owner})
         yield run.info.run_id
     except TrackingUnavailable:
         _leave_run_open()
         raise
     except KeyboardInterrupt:
-        mlflow.end_run("KILLED")
+        with _signals_after_mlflow():
+            mlflow.end_run("KILLED")
         raise
     except BaseException:
         try:  # an MLflow call that failed because the server went away while it ran
@@ -266,9 +273,11 @@ def training_run(params: dict[str, Any], fingerprint: str, resume: bool) -> Iter
         except TrackingUnavailable as gone:
             _leave_run_open()
             raise gone from None
-        mlflow.end_run("FAILED")
+        with _signals_after_mlflow():
+            mlflow.end_run("FAILED")
         raise
-    mlflow.end_run("FINISHED")
+    with _signals_after_mlflow():
+        mlflow.end_run("FINISHED")
 
 
 def _leave_run_open() -> None:
@@ -279,29 +288,54 @@ def _leave_run_open() -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
 
 
+@contextmanager
+def _signals_after_mlflow() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that arrive during the MLflow calls inside take effect as soon as they are
+    done. Raised as SQLite returns from one of MLflow's statements (a write, or a read whose cursor
+    is left open), a KeyboardInterrupt makes SQLAlchemy drop the connection without rolling back:
+    this process then holds a lock on the store, ending the run KILLED fails with "database is
+    locked", and the run stays RUNNING (2 of 4 runs interrupted at random while logging metrics).
+    Handlers can only be set in the main thread; other threads are never interrupted by signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    caught: list[int] = []
+    previous = [signal.signal(signum, lambda signum, _frame: caught.append(signum)) for signum in held]
+    try:
+        yield
+    finally:
+        for signum, handler in zip(held, previous, strict=True):
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        if caught:
+            os.kill(os.getpid(), caught[0])  # again, to the process's own handler: KeyboardInterrupt here
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:
-    mlflow = _mlflow()
-    if run_id is None:
-        mlflow.log_metrics(metrics, step=step)
-    else:
-        client = mlflow.tracking.MlflowClient()
-        for key, value in metrics.items():
-            client.log_metric(run_id, key, value, step=step or 0)
+    with _signals_after_mlflow():
+        mlflow = _mlflow()
+        if run_id is None:
+            mlflow.log_metrics(metrics, step=step)
+        else:
+            client = mlflow.tracking.MlflowClient()
+            for key, value in metrics.items():
+                client.log_metric(run_id, key, value, step=step or 0)
 
 
 def log_artifact(path: Path, artifact_path: str | None = None, run_id: str | None = None) -> None:
-    mlflow = _mlflow()
-    if run_id is None:
-        mlflow.log_artifact(str(path), artifact_path)
-    else:
-        mlflow.tracking.MlflowClient().log_artifact(run_id, str(path), artifact_path)
+    with _signals_after_mlflow():
+        mlflow = _mlflow()
+        if run_id is None:
+            mlflow.log_artifact(str(path), artifact_path)
+        else:
+            mlflow.tracking.MlflowClient().log_artifact(run_id, str(path), artifact_path)
 
 
 def log_image(path: Path, key: str, step: int) -> None:
     """An image per step (sample grids): the MLflow UI shows them with a step slider."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(path) as image, _signals_after_mlflow():
         _mlflow().log_image(image.convert("RGB"), key=key, step=step)
 
 
