@@ -295,13 +295,21 @@ def _signals_after_mlflow() -> Iterator[None]:
     is left open), a KeyboardInterrupt makes SQLAlchemy drop the connection without rolling back:
     this process then holds a lock on the store, ending the run KILLED fails with "database is
     locked", and the run stays RUNNING (2 of 4 runs interrupted at random while logging metrics).
-    Handlers can only be set in the main thread; other threads are never interrupted by signals."""
-    if threading.current_thread() is not threading.main_thread():
+    Only for an SQLite store: a call to a tracking server that does not answer can take minutes, and
+    Ctrl-C must stop it at once; a second signal does here too. Handlers can only be set in the main
+    thread; other threads are never interrupted by signals."""
+    if threading.current_thread() is not threading.main_thread() or not tracking_uri().startswith("sqlite:"):
         yield
         return
     held = (signal.SIGINT, signal.SIGTERM)
     caught: list[int] = []
-    previous = [signal.signal(signum, lambda signum, _frame: caught.append(signum)) for signum in held]
+
+    def after_the_call(signum: int, _frame: object) -> None:
+        if caught:  # asked twice: stop now
+            raise KeyboardInterrupt(f"signal {signum}")
+        caught.append(signum)
+
+    previous = [signal.signal(signum, after_the_call) for signum in held]
     try:
         yield
     finally:
