@@ -12,6 +12,7 @@ from colorizer.lab import (
     L_from_rgb,
     denormalize_ab,
     denormalize_L,
+    lab_planes_to_rgb8,
     lab_to_rgb,
     lab_to_rgb_uint8,
     mean_chroma,
@@ -43,6 +44,40 @@ def test_out_of_gamut_lab_is_clipped_like_scikit_image():
     ours = lab_to_rgb(lab)
     assert ours.min() >= 0 and ours.max() <= 1
     assert np.abs(ours - lab2rgb(lab[None])[0]).max() < 2e-3  # measured 1.2e-3: a third of an 8-bit level
+
+
+@pytest.mark.filterwarnings("ignore:Conversion from CIE-LAB")
+def test_lab_planes_to_rgb8_is_scikit_image_rounded_to_bytes():
+    rng = np.random.default_rng(2)
+    # in gamut, and well out of it (both clips: Z < 0 and RGB outside [0, 1])
+    out_of_gamut = rng.uniform([0, -128, -128], [100, 127, 127], (300_000, 3))
+    lab = np.concatenate([rgb2lab(ALL_RGB_SAMPLE[None])[0], out_of_gamut])
+    lab[:4] = [[50.0, 120.0, -120.0], [90.0, -100.0, 100.0], [2.0, 80.0, 80.0], [0.5, 0.0, 127.0]]
+    reference = np.round(255 * lab2rgb(lab[None])[0])
+    planes = [np.ascontiguousarray(lab[:, i], dtype=np.float32).reshape(-1, 400) for i in range(3)]
+    ours = lab_planes_to_rgb8(*planes).reshape(-1, 3)
+    difference = np.abs(ours.astype(int) - reference)
+    # one level off only where the exact value lies within float32 rounding of a half level
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3  # measured 1e-4
+    np.testing.assert_array_equal(ours[:4], reference[:4])
+
+
+def test_lab_planes_to_rgb8_gives_back_every_grey_level():
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    L = L_from_grey(grey)
+    out = lab_planes_to_rgb8(L, np.zeros_like(L), np.zeros_like(L))
+    np.testing.assert_array_equal(out, np.repeat(grey[..., None], 3, axis=2))
+
+
+def test_lab_planes_to_rgb8_writes_into_out_and_refuses_what_it_cannot_fill():
+    L, a, b = (np.full((3, 5), value, np.float32) for value in (60.0, 20.0, -30.0))
+    out = np.zeros((3, 5, 3), np.uint8)
+    assert lab_planes_to_rgb8(L, a, b, out=out) is out
+    np.testing.assert_array_equal(out, np.broadcast_to(lab_to_rgb_uint8([60.0, 20.0, -30.0]), (3, 5, 3)))
+    with pytest.raises(ValueError, match="differ in shape"):
+        lab_planes_to_rgb8(L, a[:2], b)
+    with pytest.raises(ValueError, match="contiguous uint8"):
+        lab_planes_to_rgb8(L, a, b, out=np.zeros((3, 10, 3), np.uint8)[:, ::2])
 
 
 def test_lab_to_rgb_keeps_leading_dimensions():

@@ -17,7 +17,7 @@ from PIL import Image
 
 from colorizer import storage
 from colorizer.images import DecodedImage, RejectedImage, decode, encode_colorized
-from colorizer.lab import L_from_grey, L_from_rgb, lab_planes_to_rgb, normalize_L, to_uint8
+from colorizer.lab import L_from_grey, L_from_rgb, lab_planes_to_rgb8, normalize_L
 from colorizer.runtime import keep_freed_memory
 
 
@@ -61,9 +61,9 @@ def init_worker_thread() -> None:
 
 
 def warm_up() -> None:
-    """Pay the first-call costs once per process (OpenCV building its Lab tables: ~0.1 s of CPU;
-    Pillow loading its JPEG plugin) before the first photo needs them. Thread-safe: OpenCV builds its
-    tables without a lock of its own, so a `finish` that comes first waits here instead."""
+    """Pay the first-call costs once per process (numba loading the Lab -> sRGB kernel from its cache,
+    or compiling it on a machine's first run: ~0.5 s of CPU; Pillow loading its JPEG plugin) before
+    the first photo needs them. Thread-safe: a `finish` that comes first waits here instead."""
     global _warmed_up
     if _warmed_up:
         return
@@ -72,7 +72,7 @@ def warm_up() -> None:
             buffer = io.BytesIO()
             Image.new("L", (16, 16), 128).save(buffer, format="JPEG")
             L = full_L(decode(buffer.getvalue(), max_pixels=256), (8, 8))
-            rgb = to_uint8(lab_planes_to_rgb(L, np.zeros_like(L), np.zeros_like(L)))
+            rgb = lab_planes_to_rgb8(L, np.zeros_like(L), np.zeros_like(L))
             Image.fromarray(rgb).save(io.BytesIO(), format="JPEG", quality=95)
             _warmed_up = True
 
@@ -179,7 +179,7 @@ def recombine(decoded: DecodedImage, ab_small: np.ndarray) -> np.ndarray:
     rows = max(1, STRIP_PIXELS // width)
     for top in range(0, height, rows):
         strip = slice(top, top + rows)
-        to_uint8(lab_planes_to_rgb(_L_of(pixels[strip]), a[strip], b[strip]), out=rgb[strip])
+        lab_planes_to_rgb8(_L_of(pixels[strip]), a[strip], b[strip], out=rgb[strip])
     return rgb
 
 
