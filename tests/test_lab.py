@@ -12,7 +12,6 @@ from colorizer.lab import (
     L_from_rgb,
     denormalize_ab,
     denormalize_L,
-    lab_planes_to_rgb8,
     lab_to_rgb,
     lab_to_rgb_uint8,
     mean_chroma,
@@ -20,6 +19,7 @@ from colorizer.lab import (
     normalize_L,
     rgb_to_lab,
 )
+from colorizer.lab_to_rgb8 import lab_planes_to_rgb8
 
 ALL_RGB_SAMPLE = np.random.default_rng(0).integers(0, 256, (100_000, 3), dtype=np.uint8)
 

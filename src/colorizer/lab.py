@@ -5,17 +5,14 @@ formulas and constants as scikit-image's `rgb2lab`/`lab2rgb` (tests compare them
 - rgb -> Lab is vectorised numpy in float32 (max abs error about 1e-4 against scikit-image), and
   gives the same bytes on every CPU, so shards do too;
 - Lab -> rgb runs through OpenCV's SIMD kernel after clamping b* the way scikit-image clips
-  negative Z: about 30x faster than numpy and within 0.0012 (a third of an 8-bit level) of
-  scikit-image, out-of-gamut included;
-- colorize's join at full resolution, Lab -> sRGB bytes, is one fused loop of our own
-  (`lab_planes_to_rgb8`, compiled by numba): the same formulas, rounded straight to uint8.
+  negative Z: about 30x faster than numpy (colorize recombines millions of full-resolution pixels
+  per image) and within 0.0012 (a third of an 8-bit level) of scikit-image, out-of-gamut included.
 The model's normalisation of L and a*b* lives here too, in one place.
 """
 
 from __future__ import annotations
 
 import cv2
-import numba
 import numpy as np
 
 # sRGB primaries -> XYZ, and the D65 (2 degree) white point: scikit-image's constants.
@@ -89,69 +86,6 @@ def lab_planes_to_rgb(L: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
     bound = L + 16.0
     bound *= 200.0 / 116.0
     return cv2.cvtColor(cv2.merge([L, a, np.minimum(b, bound, out=bound)]), cv2.COLOR_Lab2RGB)
-
-
-# Colorize joins millions of full-resolution pixels per photo, and on a fast model that join was the
-# largest part of a worker's time: OpenCV's float Lab2RGB, the merge of the planes and the rounding
-# pass took ~6 of ~15 core-ms for a 1024x768 scan. No library converts Lab to sRGB bytes in one pass
-# (OpenCV's 8-bit path quantises L* and a*b* to bytes first: up to 27 levels off out of gamut), so
-# this loop does it, vectorised by numba (~1.7 core-ms on that scan). sRGB's curve (a power 1/2.4)
-# is a degree-6 polynomial in lin^(1/4), two square roots that vectorise where a power does not:
-# within 0.001 of a level of the exact curve (tests/test_lab.py), where OpenCV's spline is ~0.1.
-_SRGB_LINEAR_BELOW = 0.0031308  # sRGB's curve is 12.92 * lin below this, 1.055 * lin^(1/2.4) - 0.055 above
-_SRGB8_OF_QUARTIC_ROOT = (
-    np.polynomial.Chebyshev.interpolate(
-        lambda q: 255 * (1.055 * q ** (5 / 3) - 0.055), 6, domain=[_SRGB_LINEAR_BELOW**0.25, 1.0]
-    )
-    .convert(kind=np.polynomial.Polynomial)
-    .coef.astype(np.float32)
-)
-# linear RGB from XYZ relative to the white point (Lab's f^-1 gives X/Xn, Y/Yn, Z/Zn)
-_RGB_FROM_RELATIVE_XYZ = (np.linalg.inv(XYZ_FROM_RGB) * WHITE_D65[None, :]).astype(np.float32)
-_f32 = np.float32
-
-
-@numba.njit(nogil=True, fastmath={"contract"}, inline="always", cache=True)
-def _f_inverse(f):
-    return f * f * f if f > _f32(6 / 29) else (f - _f32(16 / 116)) * _f32(1 / _KAPPA)
-
-
-@numba.njit(nogil=True, fastmath={"contract"}, inline="always", cache=True)
-def _srgb8(linear):
-    linear = min(max(linear, _f32(0.0)), _f32(1.0))  # into gamut, as scikit-image clips
-    q = np.sqrt(np.sqrt(linear))
-    p = _SRGB8_OF_QUARTIC_ROOT
-    curve = p[0] + q * (p[1] + q * (p[2] + q * (p[3] + q * (p[4] + q * (p[5] + q * p[6])))))
-    level = curve if linear > _f32(_SRGB_LINEAR_BELOW) else linear * _f32(12.92 * 255)
-    return np.uint8(level + _f32(0.5))
-
-
-# nogil: colorize's worker threads run it side by side; cache: compiled once per machine, not per process
-@numba.njit(nogil=True, fastmath={"contract"}, cache=True)
-def _lab_to_srgb8(L, a, b, out):
-    m = _RGB_FROM_RELATIVE_XYZ
-    for i in range(L.shape[0]):
-        fy = (L[i] + _f32(16.0)) * _f32(1 / 116)
-        x = _f_inverse(fy + a[i] * _f32(1 / 500))
-        y = _f_inverse(fy)
-        z = _f_inverse(max(fy - b[i] * _f32(1 / 200), _f32(0.0)))  # Z >= 0, as scikit-image clips it
-        out[3 * i] = _srgb8(m[0, 0] * x + m[0, 1] * y + m[0, 2] * z)
-        out[3 * i + 1] = _srgb8(m[1, 0] * x + m[1, 1] * y + m[1, 2] * z)
-        out[3 * i + 2] = _srgb8(m[2, 0] * x + m[2, 1] * y + m[2, 2] * z)
-
-
-def lab_planes_to_rgb8(L: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Planes L, a*, b* of one shape (H, W) -> (H, W, 3) uint8 sRGB: scikit-image's lab2rgb rounded to
-    bytes, out-of-gamut clipped the same way, in one pass; into `out` (contiguous uint8) when given."""
-    if not L.shape == a.shape == b.shape:
-        raise ValueError(f"L, a*, b* planes differ in shape: {L.shape}, {a.shape}, {b.shape}")
-    if out is None:
-        out = np.empty((*L.shape, 3), np.uint8)
-    elif out.shape != (*L.shape, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be contiguous uint8 of shape {(*L.shape, 3)}")
-    planes = (np.ascontiguousarray(p, dtype=np.float32).reshape(-1) for p in (L, a, b))
-    _lab_to_srgb8(*planes, out.reshape(-1))
-    return out
 
 
 def to_uint8(rgb01: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
