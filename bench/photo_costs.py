@@ -51,14 +51,15 @@ def core_ms(fn, repeats: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
-def upsample(planes: np.ndarray, width: int, height: int) -> list[np.ndarray]:
-    return [cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in planes]
+def upsample_across(planes: np.ndarray, width: int) -> list[np.ndarray]:
+    """a*b*'s first upsampling pass, as `recombine` makes it (the second runs inside the conversion)."""
+    return [cv2.resize(p, (width, p.shape[0]), interpolation=cv2.INTER_LINEAR) for p in planes]
 
 
 def costs(jpeg: bytes, size: int, out_dir: Path) -> dict[str, float]:
     decoded_small = decode(jpeg, 10**9, at_least=size, full_size_up_to=CARRY_MAX_BYTES)
     full = decode(jpeg, 10**9)
-    height, width = full.rgb.shape[:2]
+    width = full.rgb.shape[1]
     ab_small = np.random.default_rng(0).uniform(-30, 30, (2, size, size)).astype(np.float32)
     rgb = recombine(full, ab_small)
     encoded = encode_colorized(rgb, "JPEG", 95, full, "bench")
@@ -67,8 +68,8 @@ def costs(jpeg: bytes, size: int, out_dir: Path) -> dict[str, float]:
         "prepare: L at model size": lambda: model_input(decoded_small, size),
         "finish: decode full size (only over CARRY_MAX_BYTES)": lambda: decode(jpeg, 10**9),
         "finish: full-size L (whole plane)": lambda: full_L(full),
-        "finish: upsample a*b*": lambda: upsample(ab_small, width, height),
-        "finish: recombine (upsample, L, Lab -> RGB -> uint8)": lambda: recombine(full, ab_small),
+        "finish: upsample a*b* across (S x width)": lambda: upsample_across(ab_small, width),
+        "finish: recombine (upsample a*b*, L, Lab -> sRGB bytes)": lambda: recombine(full, ab_small),
         "finish: JPEG encode q95 + EXIF": lambda: encode_colorized(rgb, "JPEG", 95, full, "bench"),
         "finish: write + fsync + rename": lambda: atomic_write_bytes(out_dir / "out.jpg", encoded),
     }

@@ -3,6 +3,7 @@ import platform
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 from skimage.color import lab2rgb, rgb2lab
@@ -19,7 +20,7 @@ from colorizer.lab import (
     normalize_L,
     rgb_to_lab,
 )
-from colorizer.lab_to_rgb8 import lab_planes_to_rgb8
+from colorizer.lab_to_rgb8 import lab_planes_to_rgb8, linear_taps
 
 ALL_RGB_SAMPLE = np.random.default_rng(0).integers(0, 256, (100_000, 3), dtype=np.uint8)
 
@@ -78,6 +79,19 @@ def test_lab_planes_to_rgb8_writes_into_out_and_refuses_what_it_cannot_fill():
         lab_planes_to_rgb8(L, a[:2], b)
     with pytest.raises(ValueError, match="contiguous uint8"):
         lab_planes_to_rgb8(L, a, b, out=np.zeros((3, 10, 3), np.uint8)[:, ::2])
+
+
+@pytest.mark.parametrize("source, target", [(256, 768), (256, 3), (16, 1000), (5, 5), (1, 4)])
+def test_linear_taps_stretch_rows_as_opencv_does(source, target):
+    rows = np.random.default_rng(3).uniform(-100, 100, (source, 7)).astype(np.float32)
+    upper, lower, weight = linear_taps(source, target)
+    stretched = rows[upper] + weight[:, None] * (rows[lower] - rows[upper])
+    expected = cv2.resize(rows, (7, target), interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(stretched, expected, atol=1e-4)
+    part = slice(target // 3, target // 2 + 1)
+    np.testing.assert_array_equal(
+        np.stack(linear_taps(source, target, part)), np.stack((upper, lower, weight))[:, part]
+    )
 
 
 def test_lab_to_rgb_keeps_leading_dimensions():

@@ -159,4 +159,7 @@ def test_recombine_in_strips_equals_the_whole_photo_converted_at_once(width, gre
     ab_small = np.random.default_rng(0).uniform(-60, 60, (2, 16, 16)).astype(np.float32)
     a, b = (cv2.resize(p, (width, height), interpolation=cv2.INTER_LINEAR) for p in ab_small)
     expected = lab_planes_to_rgb8(full_L(decoded), a, b)
-    np.testing.assert_array_equal(recombine(decoded, ab_small), expected)
+    # a*b* upsampled down the rows inside the conversion: the same up to float rounding (~4e-6),
+    # which may take a value that sits on a half level to the other side
+    difference = np.abs(recombine(decoded, ab_small).astype(int) - expected)
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-4

@@ -18,7 +18,7 @@ from PIL import Image
 from colorizer import storage
 from colorizer.images import DecodedImage, RejectedImage, decode, encode_colorized
 from colorizer.lab import L_from_grey, L_from_rgb, normalize_L
-from colorizer.lab_to_rgb8 import lab_planes_to_rgb8
+from colorizer.lab_to_rgb8 import lab_planes_to_rgb8, lab_rows_to_rgb8, linear_taps
 from colorizer.runtime import keep_freed_memory
 
 
@@ -172,15 +172,16 @@ STRIP_PIXELS = 1 << 16
 def recombine(decoded: DecodedImage, ab_small: np.ndarray) -> np.ndarray:
     """The colorized photo at full size: its own L with the predicted (2, S, S) a*b* upsampled."""
     height, width = decoded.rgb.shape[:2]
-    a, b = (
-        cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR).reshape(height, width) for plane in ab_small
-    )
+    # a*b* bilinearly upsampled in two passes: across by OpenCV (S x width: small), then down inside
+    # the conversion's loop, a strip at a time, so that no full-size float plane of a*b* is ever made
+    a_rows, b_rows = (cv2.resize(plane, (width, plane.shape[0]), interpolation=cv2.INTER_LINEAR) for plane in ab_small)
     pixels = _pixels(decoded)
     rgb = np.empty((height, width, 3), np.uint8)
     rows = max(1, STRIP_PIXELS // width)
     for top in range(0, height, rows):
         strip = slice(top, top + rows)
-        lab_planes_to_rgb8(_L_of(pixels[strip]), a[strip], b[strip], out=rgb[strip])
+        taps = linear_taps(ab_small.shape[1], height, strip)
+        lab_rows_to_rgb8(_L_of(pixels[strip]), a_rows, b_rows, taps, out=rgb[strip])
     return rgb
 
 

@@ -47,29 +47,63 @@ def _srgb8(linear):
     return np.uint8(level + _f32(0.5))
 
 
+@numba.njit(nogil=True, fastmath={"contract"}, inline="always", cache=True)
+def _pixel(L, a, b):
+    """One pixel's L*, a*, b* -> its sRGB bytes."""
+    m = _RGB_FROM_RELATIVE_XYZ
+    fy = (L + _f32(16.0)) * _f32(1 / 116)
+    x = _f_inverse(fy + a * _f32(1 / 500))
+    y = _f_inverse(fy)
+    z = _f_inverse(max(fy - b * _f32(1 / 200), _f32(0.0)))  # Z >= 0, as scikit-image clips it
+    return (
+        _srgb8(m[0, 0] * x + m[0, 1] * y + m[0, 2] * z),
+        _srgb8(m[1, 0] * x + m[1, 1] * y + m[1, 2] * z),
+        _srgb8(m[2, 0] * x + m[2, 1] * y + m[2, 2] * z),
+    )
+
+
 # nogil: colorize's worker threads run it side by side; cache: compiled once per machine, not per process
 @numba.njit(nogil=True, fastmath={"contract"}, cache=True)
-def _lab_to_srgb8(L, a, b, out):
-    m = _RGB_FROM_RELATIVE_XYZ
-    for i in range(L.shape[0]):
-        fy = (L[i] + _f32(16.0)) * _f32(1 / 116)
-        x = _f_inverse(fy + a[i] * _f32(1 / 500))
-        y = _f_inverse(fy)
-        z = _f_inverse(max(fy - b[i] * _f32(1 / 200), _f32(0.0)))  # Z >= 0, as scikit-image clips it
-        out[3 * i] = _srgb8(m[0, 0] * x + m[0, 1] * y + m[0, 2] * z)
-        out[3 * i + 1] = _srgb8(m[1, 0] * x + m[1, 1] * y + m[1, 2] * z)
-        out[3 * i + 2] = _srgb8(m[2, 0] * x + m[2, 1] * y + m[2, 2] * z)
+def _rows_to_srgb8(L, a_rows, b_rows, upper, lower, weight, out):
+    """Row r of L with a*b* interpolated between rows upper[r] and lower[r] of a_rows, b_rows."""
+    for r in range(L.shape[0]):
+        u, d, w = upper[r], lower[r], weight[r]
+        for x in range(L.shape[1]):
+            a = a_rows[u, x] + w * (a_rows[d, x] - a_rows[u, x])
+            b = b_rows[u, x] + w * (b_rows[d, x] - b_rows[u, x])
+            out[r, 3 * x], out[r, 3 * x + 1], out[r, 3 * x + 2] = _pixel(L[r, x], a, b)
+
+
+def linear_taps(source: int, target: int, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of `target` rows stretched from `source` (OpenCV's INTER_LINEAR: pixel centres
+    aligned, edges clamped), the two source rows it lies between and the weight of the lower one;
+    only for `rows` when given."""
+    position = (np.arange(target, dtype=np.float64)[rows] + 0.5) * (source / target) - 0.5
+    position = np.clip(position, 0, source - 1)
+    upper = np.floor(position).astype(np.intp)
+    return upper, np.minimum(upper + 1, source - 1), (position - upper).astype(np.float32)
+
+
+def lab_rows_to_rgb8(L: np.ndarray, a_rows: np.ndarray, b_rows: np.ndarray, taps: tuple, out: np.ndarray) -> np.ndarray:
+    """L (H, W) with a*b* taken between rows of a_rows, b_rows (S, W) by `taps` (`linear_taps`) ->
+    (H, W, 3) uint8 sRGB in `out`: the vertical half of a*b*'s upsampling and the conversion in one pass."""
+    height, width = L.shape
+    if a_rows.shape != b_rows.shape or a_rows.shape[1] != width or any(len(t) != height for t in taps):
+        raise ValueError(f"a*b* rows {a_rows.shape}, {b_rows.shape} and {len(taps[0])} taps do not fit L {L.shape}")
+    if out.shape != (height, width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be contiguous uint8 of shape {(height, width, 3)}")
+    planes = (np.ascontiguousarray(p, dtype=np.float32) for p in (L, a_rows, b_rows))
+    _rows_to_srgb8(*planes, *taps, out.reshape(height, width * 3))
+    return out
 
 
 def lab_planes_to_rgb8(L: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Planes L, a*, b* of one shape (H, W) -> (H, W, 3) uint8 sRGB: scikit-image's lab2rgb rounded to
+    """2-D planes L, a*, b* of one shape (H, W) -> (H, W, 3) uint8 sRGB: scikit-image's lab2rgb rounded to
     bytes, out-of-gamut clipped the same way, in one pass; into `out` (contiguous uint8) when given."""
     if not L.shape == a.shape == b.shape:
         raise ValueError(f"L, a*, b* planes differ in shape: {L.shape}, {a.shape}, {b.shape}")
+    height = L.shape[0]
     if out is None:
         out = np.empty((*L.shape, 3), np.uint8)
-    elif out.shape != (*L.shape, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be contiguous uint8 of shape {(*L.shape, 3)}")
-    planes = (np.ascontiguousarray(p, dtype=np.float32).reshape(-1) for p in (L, a, b))
-    _lab_to_srgb8(*planes, out.reshape(-1))
-    return out
+    rows = np.arange(height)
+    return lab_rows_to_rgb8(L, a, b, (rows, rows, np.zeros(height, np.float32)), out)
