@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from colorizer.images import RejectedImage, content_id, decode, reject_reason
+from colorizer.images import RejectedImage, content_id, decode, encode_colorized, reject_reason
 from colorizer.lab import rgb_to_lab
 from tests.conftest import colourful, encode
 
@@ -172,3 +172,18 @@ def test_same_pixels_same_id_whatever_the_container(photo):
 
 def test_chroma_threshold_uses_lab_units(photo):
     assert np.hypot(*rgb_to_lab(photo)[..., 1:].transpose(2, 0, 1)).mean() > 10
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF", "BMP", "GIF"])
+def test_a_colorized_photo_is_encoded_whole_and_the_same_without_memfd(fmt, photo, monkeypatch):
+    source = decode(encode(photo, "PNG"), 10**7)
+    encoded = encode_colorized(photo, fmt, 95, source, "colorized by a test")
+    with Image.open(io.BytesIO(encoded)) as written:
+        assert written.format == fmt and written.size == photo.shape[1::-1]
+        pixels = np.asarray(written.convert("RGB"), dtype=int)
+    if fmt in ("PNG", "TIFF", "BMP"):
+        np.testing.assert_array_equal(pixels, photo)
+    else:
+        assert np.abs(pixels - photo).mean() < 12  # lossy or a 256-colour palette, and all of it there
+    monkeypatch.delattr("os.memfd_create")  # not Linux: a BytesIO takes the encoder's output instead
+    assert encode_colorized(photo, fmt, 95, source, "colorized by a test") == encoded
