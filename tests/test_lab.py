@@ -168,3 +168,17 @@ def test_lab_bytes_do_not_depend_on_the_cpu_kernels():
     _, lower_simd, with_baseline_simd = run(NPY_DISABLE_CPU_FEATURES="X86_V3 X86_V4 AVX512_ICL AVX512_SPR")
     assert (simd, lower_simd) != ("baseline", "baseline") and lower_simd == "baseline"  # numpy 2.4's names
     assert with_baseline_simd == default
+
+
+def test_lab_planes_to_rgb8_works_where_numba_can_cache_nowhere(tmp_path):
+    """A read-only install and home: numba finds no place for its cache (simulated with its own
+    setting, a locator that only serves zip files) and the kernel is compiled in the process."""
+    program = (
+        "import numpy as np; from colorizer.lab_to_rgb8 import lab_planes_to_rgb8 as f, _rows_to_srgb8 as k;"
+        "L = np.full((2, 3), 50.0, np.float32); z = np.zeros_like(L);"
+        "print(f(L, z, z)[0, 0].tolist(), k._cache.__class__.__name__)"
+    )
+    environment = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"}
+    done = subprocess.run([sys.executable, "-c", program], env=environment, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[119,", "119,", "119]", "NullCache"]

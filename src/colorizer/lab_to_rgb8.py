@@ -32,12 +32,28 @@ _RGB_FROM_RELATIVE_XYZ = (np.linalg.inv(XYZ_FROM_RGB) * WHITE_D65[None, :]).asty
 _f32 = np.float32
 
 
-@numba.njit(nogil=True, fastmath={"contract"}, inline="always", cache=True)
+def _jit(**options):
+    """numba's njit as these loops need it: nogil, as colorize's worker threads run them side by side;
+    fused multiply-adds allowed, nothing else of fastmath; compiled once per machine and cached on
+    disk (in the package's __pycache__, else the user's cache dir). Where neither can be written (a
+    read-only install and home), numba refuses to cache at all: then compiled in each process
+    (~0.5 s) instead of failing."""
+
+    def decorate(function):
+        try:
+            return numba.njit(nogil=True, fastmath={"contract"}, cache=True, **options)(function)
+        except RuntimeError:  # "cannot cache function ...: no locator available"
+            return numba.njit(nogil=True, fastmath={"contract"}, **options)(function)
+
+    return decorate
+
+
+@_jit(inline="always")
 def _f_inverse(f):
     return f * f * f if f > _f32(6 / 29) else (f - _f32(16 / 116)) * _f32(1 / _KAPPA)
 
 
-@numba.njit(nogil=True, fastmath={"contract"}, inline="always", cache=True)
+@_jit(inline="always")
 def _srgb8(linear):
     linear = min(max(linear, _f32(0.0)), _f32(1.0))  # into gamut, as scikit-image clips
     q = np.sqrt(np.sqrt(linear))
@@ -47,7 +63,7 @@ def _srgb8(linear):
     return np.uint8(level + _f32(0.5))
 
 
-@numba.njit(nogil=True, fastmath={"contract"}, inline="always", cache=True)
+@_jit(inline="always")
 def _pixel(L, a, b):
     """One pixel's L*, a*, b* -> its sRGB bytes."""
     m = _RGB_FROM_RELATIVE_XYZ
@@ -62,8 +78,7 @@ def _pixel(L, a, b):
     )
 
 
-# nogil: colorize's worker threads run it side by side; cache: compiled once per machine, not per process
-@numba.njit(nogil=True, fastmath={"contract"}, cache=True)
+@_jit()
 def _rows_to_srgb8(L, a_rows, b_rows, upper, lower, weight, out):
     """Row r of L with a*b* interpolated between rows upper[r] and lower[r] of a_rows, b_rows."""
     for r in range(L.shape[0]):
