@@ -10,7 +10,6 @@ from skimage.color import lab2rgb, rgb2lab
 
 from colorizer.lab import (
     L_from_grey,
-    L_from_rgb,
     denormalize_ab,
     denormalize_L,
     lab_to_rgb,
@@ -20,7 +19,7 @@ from colorizer.lab import (
     normalize_L,
     rgb_to_lab,
 )
-from colorizer.lab_to_rgb8 import lab_planes_to_rgb8, linear_taps
+from colorizer.lab_kernels import L_from_rgb, lab_planes_to_rgb8, linear_taps
 
 ALL_RGB_SAMPLE = np.random.default_rng(0).integers(0, 256, (100_000, 3), dtype=np.uint8)
 
@@ -106,6 +105,10 @@ def test_L_from_grey_is_the_L_of_equal_channels():
 
 def test_L_from_rgb_equals_the_L_of_rgb_to_lab():
     np.testing.assert_allclose(L_from_rgb(ALL_RGB_SAMPLE), rgb_to_lab(ALL_RGB_SAMPLE)[..., 0], atol=1e-3)
+    dark = np.arange(24, dtype=np.uint8)[:, None].repeat(3, axis=1)  # around CIE's threshold (L* 8)
+    dark[:, 1:] = np.arange(24, 48, dtype=np.uint8)[:, None]
+    np.testing.assert_allclose(L_from_rgb(dark), rgb_to_lab(dark)[..., 0], atol=1e-3)
+    assert L_from_rgb(ALL_RGB_SAMPLE.reshape(4, 25_000, 3)).shape == (4, 25_000)
 
 
 def test_uint8_round_trip_within_one_level():
@@ -138,11 +141,11 @@ import hashlib
 import numpy as np
 from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
 from threadpoolctl import threadpool_info
-from colorizer.lab import L_from_rgb, rgb_to_lab
+from colorizer.lab import rgb_to_lab
 rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
 print([pool.get("architecture") for pool in threadpool_info() if "numpy" in pool["filepath"]][0])
 print(",".join(f for f in __cpu_dispatch__ if __cpu_features__[f]) or "baseline")
-print(hashlib.sha256(rgb_to_lab(rgb).tobytes() + L_from_rgb(rgb).tobytes()).hexdigest())
+print(hashlib.sha256(rgb_to_lab(rgb).tobytes()).hexdigest())
 """
 
 
@@ -174,7 +177,7 @@ def test_lab_planes_to_rgb8_works_where_numba_can_cache_nowhere(tmp_path):
     """A read-only install and home: numba finds no place for its cache (simulated with its own
     setting, a locator that only serves zip files) and the kernel is compiled in the process."""
     program = (
-        "import numpy as np; from colorizer.lab_to_rgb8 import lab_planes_to_rgb8 as f, _rows_to_srgb8 as k;"
+        "import numpy as np; from colorizer.lab_kernels import lab_planes_to_rgb8 as f, _rows_to_srgb8 as k;"
         "L = np.full((2, 3), 50.0, np.float32); z = np.zeros_like(L);"
         "print(f(L, z, z)[0, 0].tolist(), k._cache.__class__.__name__)"
     )

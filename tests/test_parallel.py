@@ -12,7 +12,7 @@ import pytest
 
 from colorizer.colorize_worker import STRIP_PIXELS, full_L, recombine
 from colorizer.images import decode
-from colorizer.lab_to_rgb8 import lab_planes_to_rgb8
+from colorizer.lab_kernels import lab_planes_to_rgb8
 from colorizer.parallel import INLINE, OrderedMap, RestartingPool, batched, process_pool, thread_pool
 from colorizer.runtime import keep_freed_memory
 from tests.conftest import colourful, encode

@@ -17,8 +17,8 @@ from PIL import Image
 
 from colorizer import storage
 from colorizer.images import DecodedImage, RejectedImage, decode, encode_colorized
-from colorizer.lab import L_from_grey, L_from_rgb, normalize_L
-from colorizer.lab_to_rgb8 import lab_planes_to_rgb8, lab_rows_to_rgb8, linear_taps
+from colorizer.lab import L_from_grey, normalize_L
+from colorizer.lab_kernels import L_from_rgb, lab_planes_to_rgb8, lab_rows_to_rgb8, linear_taps
 from colorizer.runtime import keep_freed_memory
 
 

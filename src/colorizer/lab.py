@@ -1,13 +1,14 @@
 """sRGB (D65) <-> CIE Lab, and the model's normalisation of L and a*b*: pure functions.
 
-One implementation of each direction, used everywhere (shards, metrics, colorize), with the same
-formulas and constants as scikit-image's `rgb2lab`/`lab2rgb` (tests compare them):
+One implementation of each direction for the pipeline (shards, metrics, augmentation, pictures),
+with the same formulas and constants as scikit-image's `rgb2lab`/`lab2rgb` (tests compare them):
 - rgb -> Lab is vectorised numpy in float32 (max abs error about 1e-4 against scikit-image), and
   gives the same bytes on every CPU, so shards do too;
 - Lab -> rgb runs through OpenCV's SIMD kernel after clamping b* the way scikit-image clips
-  negative Z: about 30x faster than numpy (colorize recombines millions of full-resolution pixels
-  per image) and within 0.0012 (a third of an 8-bit level) of scikit-image, out-of-gamut included.
-The model's normalisation of L and a*b* lives here too, in one place.
+  negative Z: about 30x faster than numpy and within 0.0012 (a third of an 8-bit level) of
+  scikit-image, out-of-gamut included.
+Colorize's full-resolution conversions (a photo's L*, and the join to sRGB bytes) are fused loops
+in `lab_kernels`, on these constants. The model's normalisation of L and a*b* lives here too.
 """
 
 from __future__ import annotations
@@ -96,22 +97,6 @@ def to_uint8(rgb01: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return cv2.convertScaleAbs(flat, alpha=255.0).reshape(rgb01.shape)
     cv2.convertScaleAbs(flat, dst=out.reshape(flat.shape), alpha=255.0)
     return out
-
-
-def L_from_rgb(rgb_uint8: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 sRGB -> (...) float32 L, within 1e-4 of rgb_to_lab(...)[..., 0] but only the
-    luminance, for colorize's full-size L: a table per channel, OpenCV's weighted sum and cube root
-    (SIMD on every CPU kind: 3 instead of 5.5 ms for a 1024x768 photo, where numpy's strided sums
-    and float64 cube root went one element at a time). Not bit-identical across CPUs, which
-    colorize's output is not either; shards take rgb_to_lab's L."""
-    y = cv2.transform(_linear(rgb_uint8).reshape(-1, 1, 3), _XYZ_ROWS[1][None])  # Y of the D65 white is 1
-    L = cv2.pow(y, 1.0 / 3.0)
-    L *= 116.0
-    L -= 16.0
-    # CIE's two branches without a mask: the line is below 8 exactly where the cube root is
-    y *= 903.3
-    np.minimum(y, 8.0, out=y)
-    return np.maximum(L, y, out=L).reshape(rgb_uint8.shape[:-1])
 
 
 _LINEAR_OF_UINT8 = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
