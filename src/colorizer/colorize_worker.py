@@ -62,9 +62,10 @@ def init_worker_thread() -> None:
 
 
 def warm_up() -> None:
-    """Pay the first-call costs once per process (numba loading the Lab -> sRGB kernel from its cache,
-    or compiling it on a machine's first run: ~0.5 s of CPU; Pillow loading its JPEG plugin) before
-    the first photo needs them. Thread-safe: a `finish` that comes first waits here instead."""
+    """Pay the first-call costs once per process (numba loading the join's loop from its cache, or
+    compiling it on a machine's first run: ~0.3 and ~1 s of CPU; Pillow loading its JPEG plugin)
+    before the first photo needs them; a colour photo's L loop then loads in ~3 ms when one comes.
+    Thread-safe: a `finish` that comes first waits here instead."""
     global _warmed_up
     if _warmed_up:
         return
@@ -162,10 +163,10 @@ def finish(prediction: Prediction, quality: int, max_pixels: int, description: s
     return Outcome("done", width=width, height=height, seconds=time.perf_counter() - started)
 
 
-# Full-size L and the float Lab and RGB planes are made a strip of rows at a time, each ~64k pixels
-# (~2 MB of float planes, within a core's L2 cache), instead of ~28 MB of full-size planes per
-# 1024x768 photo streamed through memory: 14.0 -> 11.8 core-ms per `finish` of a bench scan (one
-# thread, `python -m bench.photo_costs`), and less memory traffic beside the model.
+# The full-size float planes (L, and a colour photo's linear RGB) are made a strip of rows at a time,
+# each ~64k pixels (within a core's L2 cache), instead of whole planes streamed through memory: with
+# OpenCV's float Lab and RGB planes, 14.0 -> 11.8 core-ms per `finish` of a bench scan (one thread,
+# `python -m bench.photo_costs`), and less memory traffic beside the model.
 STRIP_PIXELS = 1 << 16
 
 
