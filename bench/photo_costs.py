@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -81,7 +82,45 @@ def costs(jpeg: bytes, size: int, out_dir: Path) -> dict[str, float]:
     steps["worker: finish (its own L, a*b*, RGB, encode, write)"] = lambda: finish(
         Prediction(job, ab_small, prepared.decoded, 0.0), 95, 10**9, "bench"
     )
-    return {name: round(core_ms(fn), 2) for name, fn in steps.items()}
+    figures = {name: round(core_ms(fn), 2) for name, fn in steps.items()}
+    encode = steps["finish: JPEG encode q95 + EXIF"]
+    photo = lambda: finish(Prediction(job, ab_small, prepare(job, size, 10**9).decoded, 0.0), 95, 10**9, "bench")  # noqa: E731
+    figures["Python's speed beside a worker's JPEG encode"] = round(python_speed_beside(encode), 2)
+    figures["Python's speed beside a worker's prepare + finish"] = round(python_speed_beside(photo), 2)
+    return figures
+
+
+def python_speed_beside(work, rounds: int = 5, seconds: float = 0.3) -> float:
+    """How fast this thread runs pure Python while another thread does `work` over and over, against
+    alone (the median of `rounds` alternations: this machine's speed drifts). colorize's model
+    thread needs the GIL between its ops, so a worker step that holds it while it computes slows the
+    model (Pillow encoding a JPEG into a BytesIO read ~0.75; into a memfd ~0.9-0.97). Needs a second
+    core: on one, the two threads share it whatever the GIL does."""
+
+    def spin() -> int:
+        count, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            count += 1
+        return count
+
+    stop = threading.Event()
+
+    def repeat() -> None:
+        while not stop.is_set():
+            work()
+
+    ratios = []
+    for _ in range(rounds):
+        alone = spin()
+        stop.clear()
+        worker = threading.Thread(target=repeat)
+        worker.start()
+        try:
+            ratios.append(spin() / alone)
+        finally:
+            stop.set()
+            worker.join()
+    return statistics.median(ratios)
 
 
 @contextlib.contextmanager
@@ -136,4 +175,5 @@ if __name__ == "__main__":
         print(f"# {kind} 1024x768 JPEG, core-ms per photo")
         for name, ms in steps.items():
             print(f"  {name:<58} {ms:7.2f}")
+        print("  (the last two: another thread's pure Python against alone; 1 = never held up by the GIL)")
     print(json.dumps(figures))

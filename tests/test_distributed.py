@@ -59,15 +59,16 @@ def train_command(params: Path, root: Path) -> list[str]:
     ]
 
 
-def test_one_rank_under_torchrun_is_the_single_process_run_byte_for_byte(tiny_shards, tmp_path, mlflow_store):
+def test_one_rank_under_torchrun_is_the_single_process_run_byte_for_byte(tiny_shards, tmp_path, mlflow_store, caplog):
     run_train(tiny_params(epochs=2), tiny_shards, tmp_path / "plain")
     params = write_params(tmp_path / "params.yaml", epochs=2)
-    torchrun(
+    done = torchrun(
         1, *train_command(params, tmp_path / "ranked"), "--shards", str(tiny_shards), env={"DVC_ROOT": str(tmp_path)}
     )
-    assert sha256_of(tmp_path / "ranked" / "model" / "generator.safetensors") == sha256_of(
-        tmp_path / "plain" / "model" / "generator.safetensors"
-    )
+    plain, ranked = (sha256_of(tmp_path / run / "model" / "generator.safetensors") for run in ("plain", "ranked"))
+    # this failed once in a full `make test` (2026-11-26) and never alone: on a mismatch, show what each
+    # run logged (a fused-kernel fallback in one of them, say, gives the same weights within rounding)
+    assert ranked == plain, f"in this process:\n{caplog.text[-2000:]}\nunder torchrun:\n{done.stderr[-3000:]}"
 
 
 def test_two_ranks_resume_to_the_same_history_with_one_mlflow_run(tiny_shards, tmp_path, mlflow_store):
