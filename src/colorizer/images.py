@@ -297,10 +297,11 @@ def encode_colorized(rgb: np.ndarray, fmt: str, quality: int, source: DecodedIma
 def _encoding_buffer() -> typing.IO[bytes]:
     """Where an encoder writes a photo in memory. Into a BytesIO, Pillow's encoders hand back each
     64 KB through Python and hold the GIL while they encode it, which stalls everything else in the
-    process: a JPEG encode in a worker thread slowed the main thread's Python to 0.79 of its speed
+    process: a JPEG encode in a worker thread slowed another thread's Python to 0.74 of its speed
     (colorize's model waits on it between every op). Into a file descriptor they encode with the GIL
-    released (0.97), so on Linux the buffer is an anonymous in-memory file (memfd: no disk, so no
-    short write on a full one, which Pillow's file writer would not notice); elsewhere a BytesIO."""
+    released (0.95; both from `python -m bench.photo_costs`), so on Linux the buffer is an anonymous
+    in-memory file (memfd: no disk, so no short write on a full one, which Pillow's file writer would
+    not notice); elsewhere a BytesIO."""
     if hasattr(os, "memfd_create"):
         return open(os.memfd_create("encoded", os.MFD_CLOEXEC), "w+b")
     return io.BytesIO()
