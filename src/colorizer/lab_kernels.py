@@ -20,13 +20,16 @@ from colorizer.lab import _EPSILON, _KAPPA, _XYZ_ROWS, WHITE_D65, XYZ_FROM_RGB, 
 # within 0.0005 of a level of the exact curve, where OpenCV's spline is off by up to ~0.3. Against
 # scikit-image rounded to bytes, 1e-4 of pixels are one level off (OpenCV's path: 2e-3).
 _SRGB_LINEAR_BELOW = 0.0031308  # sRGB's curve is 12.92 * lin below this, 1.055 * lin^(1/2.4) - 0.055 above
-_SRGB8_OF_QUARTIC_ROOT = (
-    np.polynomial.Chebyshev.interpolate(
-        lambda q: 255 * (1.055 * q ** (5 / 3) - 0.055), 6, domain=[_SRGB_LINEAR_BELOW**0.25, 1.0]
-    )
-    .convert(kind=np.polynomial.Polynomial)
-    .coef.astype(np.float32)
-)
+
+
+def _series_in_quartic_root(of_q, lowest: float) -> np.ndarray:
+    """float32 coefficients p0..p6 of the degree-6 polynomial in q = x^(1/4) that stands for of_q(q)
+    with x in [lowest, 1] (Chebyshev interpolation: near the best such polynomial)."""
+    series = np.polynomial.Chebyshev.interpolate(of_q, 6, domain=[lowest**0.25, 1.0])
+    return series.convert(kind=np.polynomial.Polynomial).coef.astype(np.float32)
+
+
+_SRGB8_OF_QUARTIC_ROOT = _series_in_quartic_root(lambda q: 255 * (1.055 * q ** (5 / 3) - 0.055), _SRGB_LINEAR_BELOW)
 # linear RGB from XYZ relative to the white point (Lab's f^-1 gives X/Xn, Y/Yn, Z/Zn)
 _RGB_FROM_RELATIVE_XYZ = (np.linalg.inv(XYZ_FROM_RGB) * WHITE_D65[None, :]).astype(np.float32)
 _f32 = np.float32
@@ -49,6 +52,13 @@ def _jit(**options):
 
 
 @_jit(inline="always")
+def _of_quartic_root(p, x):
+    """The polynomial p (`_series_in_quartic_root`) at q = x^(1/4)."""
+    q = np.sqrt(np.sqrt(x))
+    return p[0] + q * (p[1] + q * (p[2] + q * (p[3] + q * (p[4] + q * (p[5] + q * p[6])))))
+
+
+@_jit(inline="always")
 def _f_inverse(f):
     return f * f * f if f > _f32(6 / 29) else (f - _f32(16 / 116)) * _f32(1 / _KAPPA)
 
@@ -56,9 +66,7 @@ def _f_inverse(f):
 @_jit(inline="always")
 def _srgb8(linear):
     linear = min(max(linear, _f32(0.0)), _f32(1.0))  # into gamut, as scikit-image clips
-    q = np.sqrt(np.sqrt(linear))
-    p = _SRGB8_OF_QUARTIC_ROOT
-    curve = p[0] + q * (p[1] + q * (p[2] + q * (p[3] + q * (p[4] + q * (p[5] + q * p[6])))))
+    curve = _of_quartic_root(_SRGB8_OF_QUARTIC_ROOT, linear)
     level = curve if linear > _f32(_SRGB_LINEAR_BELOW) else linear * _f32(12.92 * 255)
     return np.uint8(level + _f32(0.5))
 
@@ -127,22 +135,16 @@ def lab_planes_to_rgb8(L: np.ndarray, a: np.ndarray, b: np.ndarray, out: np.ndar
 # L* from sRGB bytes: a table per channel (OpenCV), then Y and its cube root in one loop. The cube
 # root is a degree-6 polynomial in Y^(1/4) (two square roots that vectorise where a cube root does
 # not), within 1.2e-4 of L* above CIE's threshold; below it L* is the line 903.3 Y, as in `lab`.
-_CUBE_ROOT_OF_QUARTIC_ROOT = (
-    np.polynomial.Chebyshev.interpolate(lambda q: q ** (4 / 3), 6, domain=[_EPSILON**0.25, 1.0])
-    .convert(kind=np.polynomial.Polynomial)
-    .coef.astype(np.float32)
-)
+_CUBE_ROOT_OF_QUARTIC_ROOT = _series_in_quartic_root(lambda q: q ** (4 / 3), _EPSILON)
 
 
 @_jit()
 def _L_of_linear(linear, out):
     """linear: (N * 3) linear RGB, interleaved -> out: (N) L*."""
     row = _XYZ_ROWS[1]  # Y of the D65 white is 1
-    p = _CUBE_ROOT_OF_QUARTIC_ROOT
     for i in range(out.shape[0]):
         y = row[0] * linear[3 * i] + row[1] * linear[3 * i + 1] + row[2] * linear[3 * i + 2]
-        q = np.sqrt(np.sqrt(max(y, _f32(0.0))))
-        cube_root = p[0] + q * (p[1] + q * (p[2] + q * (p[3] + q * (p[4] + q * (p[5] + q * p[6])))))
+        cube_root = _of_quartic_root(_CUBE_ROOT_OF_QUARTIC_ROOT, max(y, _f32(0.0)))
         out[i] = _f32(116.0) * cube_root - _f32(16.0) if y > _f32(_EPSILON) else _f32(903.3) * y
 
 
