@@ -185,3 +185,31 @@ def test_lab_planes_to_rgb8_works_where_numba_can_cache_nowhere(tmp_path):
     done = subprocess.run([sys.executable, "-c", program], env=environment, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[119,", "119,", "119]", "NullCache"]
+
+
+_NUMBA_BLAS_AFTER_THE_KERNELS = """
+import sys
+import numba
+import numpy as np
+from colorizer.lab_kernels import L_from_rgb, lab_planes_to_rgb8
+L = np.full((2, 3), 50.0, np.float32)
+print(lab_planes_to_rgb8(L, np.zeros_like(L), np.zeros_like(L))[0, 0].tolist() == [119, 119, 119])
+print(L_from_rgb(np.full((2, 3), 119, np.uint8))[0].tolist())
+print("scipy.linalg" in sys.modules)
+from numba.np import arraymath, linalg
+print(arraymath.ensure_blas is linalg.ensure_blas, arraymath._HAVE_BLAS)
+dot = numba.njit(lambda a, b: np.dot(a, b))
+print(float(dot(np.ones(3), np.ones(3))), "scipy.linalg" in sys.modules)
+"""
+
+
+def test_the_kernels_load_without_scipy_and_leave_numba_as_it_was():
+    """numba's numpy support loads without importing SciPy (half the kernels' start-up), and numba is
+    left as it was: its own BLAS probe back in place, BLAS found, a loop that uses BLAS compiles."""
+    done = subprocess.run([sys.executable, "-c", _NUMBA_BLAS_AFTER_THE_KERNELS], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    joined, L, scipy_after_kernels, probe, dot = done.stdout.strip().splitlines()
+    assert joined == "True" and abs(float(L) - 50.0) < 0.1
+    assert scipy_after_kernels == "False"
+    assert probe == "True True"
+    assert dot == "3.0 True"

@@ -6,6 +6,9 @@ of its own so that only colorize loads numba (~0.15 s).
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import numba
 import numpy as np
 
@@ -49,6 +52,35 @@ def _jit(**options):
             return numba.njit(nogil=True, fastmath={"contract"}, **options)(function)
 
     return decorate
+
+
+def _load_numpy_support() -> None:
+    """Load numba's numpy support, which the first call of any loop here needs, without numba's probe
+    for SciPy's BLAS: as numba loads it, it imports scipy.linalg just to learn whether np.correlate
+    may call BLAS (~0.25 s of CPU, numpy.f2py among it: half of loading these cached loops, and on
+    the clock of every colorize run). These loops call no BLAS, so the probe here only asks whether
+    SciPy is installed, as the real one would answer; the real one is back in place afterwards, and
+    numba imports SciPy as before when a loop that uses BLAS is compiled. Called before each loop
+    here (a dictionary lookup once loaded); thread-safe (Python's import lock); a no-op once numba's
+    numpy support is loaded, whoever loaded it."""
+    if "numba.np.arraymath" in sys.modules:
+        return
+    from numba.np import linalg
+
+    real_probe = getattr(linalg, "ensure_blas", None)
+    if real_probe is None:  # another numba than ours: let it probe
+        return
+
+    def scipy_installed() -> None:
+        if importlib.util.find_spec("scipy") is None:
+            raise ImportError("scipy is not installed")
+
+    linalg.ensure_blas = scipy_installed
+    try:
+        from numba.np import arraymath
+    finally:
+        linalg.ensure_blas = real_probe
+    arraymath.ensure_blas = real_probe
 
 
 @_jit(inline="always")
@@ -116,6 +148,7 @@ def lab_rows_to_rgb8(L: np.ndarray, a_rows: np.ndarray, b_rows: np.ndarray, taps
     if out.shape != (height, width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError(f"out must be contiguous uint8 of shape {(height, width, 3)}")
     planes = (np.ascontiguousarray(p, dtype=np.float32) for p in (L, a_rows, b_rows))
+    _load_numpy_support()
     _rows_to_srgb8(*planes, *taps, out.reshape(height, width * 3))
     return out
 
@@ -156,5 +189,6 @@ def L_from_rgb(rgb_uint8: np.ndarray) -> np.ndarray:
     rgb_uint8 = np.asarray(rgb_uint8)
     linear = _linear(rgb_uint8).reshape(-1)
     out = np.empty(linear.size // 3, np.float32)
+    _load_numpy_support()
     _L_of_linear(linear, out)
     return out.reshape(rgb_uint8.shape[:-1])
