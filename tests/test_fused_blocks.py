@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from colorizer import fused_blocks
-from colorizer.fused_blocks import fused_kernels_apply
+from colorizer.fused_blocks import fused_kernels_apply, upsampled_cat
 from colorizer.models import ConvBlock, ConvTBlock
 
 
@@ -316,3 +316,18 @@ def test_without_a_cxx_compiler_training_warns_once_and_goes_on_on_aten_kernels(
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("cannot build the fused BatchNorm/pooling kernels") == 1, done.stderr
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_upsampled_cat_is_the_upsample_then_the_concatenation(dtype, memory_format):
+    x = torch.randn(2, 5, 3, 4).to(dtype).contiguous(memory_format=memory_format)
+    skip = torch.randn(2, 3, 6, 8).to(dtype).contiguous(memory_format=memory_format)
+    ours = upsampled_cat(x, skip)
+    theirs = torch.cat([torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest"), skip], dim=1)
+    assert ours.dtype == dtype and ours.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ours, theirs)
+    narrow_skip = skip.to(torch.bfloat16)
+    mixed = upsampled_cat(x.float(), narrow_skip)  # as torch.cat, to the wider dtype
+    mixed_theirs = torch.cat([torch.nn.functional.interpolate(x.float(), scale_factor=2), narrow_skip], dim=1)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, mixed_theirs)

@@ -6,6 +6,7 @@ from colorizer.models import (
     ConvBlock,
     ConvTBlock,
     Discriminator,
+    FoldedGenerator,
     Generator,
     build_discriminator,
     build_generator,
@@ -115,3 +116,49 @@ def test_generator_is_the_designed_one(training):
     (theirs * weights).sum().backward()
     for (name, p), p_twin in zip(generator.named_parameters(), twin.parameters(), strict=True):
         torch.testing.assert_close(p.grad, p_twin.grad, rtol=1e-4, atol=1e-4, msg=name)  # grads up to ~100
+
+
+def trained_looking_generator(widths: list[int], size: int) -> Generator:
+    """A generator in eval mode whose BatchNorms hold running statistics and scales a training could
+    leave, some scales negative (a folded convolution then flips the channel's sign)."""
+    torch.manual_seed(0)
+    generator = Generator(widths, size)
+    with torch.no_grad():
+        for norm in (block.norm for block in [*generator.down, *generator.up]):
+            channels = norm.num_features
+            norm.running_mean.copy_(torch.randn(channels) * 0.3)
+            norm.running_var.copy_(torch.rand(channels) * 2 + 0.1)
+            norm.weight.copy_(torch.randn(channels))  # about a third negative
+            norm.bias.copy_(torch.randn(channels) * 0.2)
+    return generator.eval().to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (32, 64)])
+def test_folded_generator_is_the_generator_in_eval_mode(height, width):
+    generator = trained_looking_generator([4, 8, 8, 8], 32)
+    folded = FoldedGenerator(generator)
+    L = (torch.rand(3, 1, height, width) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(L), generator(L), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(folded(L), as_designed(generator, L), rtol=1e-5, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+
+
+def test_folded_generator_with_bf16_weights_rounds_as_autocast_does():
+    """Weights kept in bf16 are what autocast casts them to on every call: the same outputs, bit for
+    bit; and about what the unfolded generator gives under autocast (bf16's rounding, in other places)."""
+    generator = trained_looking_generator([8, 16, 16, 16], 32)
+    L = (torch.rand(4, 1, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        cast_per_call = FoldedGenerator(generator)(L)
+        kept_in_bf16 = FoldedGenerator(generator, torch.bfloat16)
+        assert {conv.weight.dtype for conv in [*kept_in_bf16.down, *kept_in_bf16.up]} == {torch.bfloat16}
+        assert kept_in_bf16.head.weight.dtype == torch.float32
+        assert torch.equal(kept_in_bf16(L), cast_per_call)
+        unfolded = generator(L)
+    torch.testing.assert_close(cast_per_call.float(), unfolded.float(), rtol=0, atol=0.05)
+
+
+def test_folding_needs_the_running_statistics_of_eval_mode():
+    with pytest.raises(ValueError, match="eval mode"):
+        FoldedGenerator(Generator([4, 8], 16).train())

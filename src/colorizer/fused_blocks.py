@@ -159,6 +159,24 @@ def upsampled_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return nn.functional.pixel_shuffle(nn.functional.conv2d(x, _phase_filters(conv.weight), bias, padding=1), 2)
 
 
+def upsampled_cat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """cat([2x nearest upsample(x), skip]) (B, C + Cs, 2H, 2W), channels-last, for inference: each
+    part written once into the concatenation, where upsampling and then `torch.cat` write the
+    upsampled tensor twice."""
+    batch, channels, height, width = x.shape
+    dtype = torch.promote_types(x.dtype, skip.dtype)
+    out = torch.empty(
+        (batch, channels + skip.shape[1], 2 * height, 2 * width),
+        dtype=dtype,
+        device=x.device,
+        memory_format=torch.channels_last,
+    )
+    upsampled = out[:, :channels].unflatten(3, (width, 2)).unflatten(2, (height, 2))  # (B, C, H, 2, W, 2)
+    upsampled.copy_(x[:, :, :, None, :, None].expand_as(upsampled))
+    out[:, channels:].copy_(skip)
+    return out
+
+
 def _phase_filters(weight: torch.Tensor) -> torch.Tensor:
     """(O, C, 3, 3) -> (4 O, C, 3, 3), filter o * 4 + 2 * row phase + column phase (pixel_shuffle's
     order). Along each axis, phase 0 of the upsampled grid sees source offsets -1, 0, 0 through taps

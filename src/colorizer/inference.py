@@ -14,10 +14,13 @@ from colorizer.config import ColorizeOptions, UserError
 from colorizer.devices import autocast, autocast_dtype, pick_device
 from colorizer.images import decode, encode_colorized
 from colorizer.lab import denormalize_ab
+from colorizer.models import FoldedGenerator
 
 
 class ModelRunner:
-    """The trained generator on the chosen device, predicting a*b* (Lab units) for batches of L."""
+    """The trained generator on the chosen device, predicting a*b* (Lab units) for batches of L; its
+    BatchNorms folded into its convolutions, whose weights are kept in the autocast dtype
+    (`FoldedGenerator`)."""
 
     def __init__(self, model_dir: Path, options: ColorizeOptions):
         generator, info = load_generator(model_dir, torch.channels_last)  # as it runs: no second copy
@@ -26,8 +29,8 @@ class ModelRunner:
         if self.size % multiple:
             raise UserError(f"--size {self.size}: must be a multiple of {multiple} for this model")
         self.device = pick_device(options.device, "--device")
-        self.generator = generator.to(self.device, memory_format=torch.channels_last)
         self.amp_dtype = autocast_dtype(options.precision, self.device)
+        self.generator = FoldedGenerator(generator.to(self.device, memory_format=torch.channels_last), self.amp_dtype)
         self.description = description_of(info)
 
     @torch.inference_mode()
