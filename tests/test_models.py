@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from colorizer import fused_blocks
 from colorizer.config import PIX2PIX_WIDTHS, ModelConfig
 from colorizer.models import (
     ConvBlock,
@@ -133,18 +134,30 @@ def trained_looking_generator(widths: list[int], size: int) -> Generator:
     return generator.eval().to(memory_format=torch.channels_last)
 
 
+@pytest.fixture(params=["oneDNN", "ATen"])
+def inference_path(request, monkeypatch):
+    """The folded generator on each of its paths: oneDNN's convolutions with their activation, and
+    ATen's (what a GPU, or a CPU build without oneDNN, runs)."""
+    if request.param == "ATen":
+        monkeypatch.setattr(fused_blocks, "_ONEDNN", False)
+    elif not fused_blocks._ONEDNN:
+        pytest.skip("this torch has no oneDNN")
+    return request.param
+
+
 @pytest.mark.parametrize("height, width", [(32, 32), (32, 64)])
-def test_folded_generator_is_the_generator_in_eval_mode(height, width):
+def test_folded_generator_is_the_generator_in_eval_mode(height, width, inference_path):
     generator = trained_looking_generator([4, 8, 8, 8], 32)
     folded = FoldedGenerator(generator)
     L = (torch.rand(3, 1, height, width) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    assert fused_blocks.onednn_applies(L) == (inference_path == "oneDNN")
     with torch.inference_mode():
         torch.testing.assert_close(folded(L), generator(L), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(folded(L), as_designed(generator, L), rtol=1e-5, atol=1e-5)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
 
 
-def test_folded_generator_with_bf16_weights_rounds_as_autocast_does():
+def test_folded_generator_with_bf16_weights_rounds_as_autocast_does(inference_path):
     """Weights kept in bf16 are what autocast casts them to on every call: the same outputs, bit for
     bit; and about what the unfolded generator gives under autocast (bf16's rounding, in other places)."""
     generator = trained_looking_generator([8, 16, 16, 16], 32)
@@ -156,6 +169,7 @@ def test_folded_generator_with_bf16_weights_rounds_as_autocast_does():
         assert kept_in_bf16.head.weight.dtype == torch.float32
         assert torch.equal(kept_in_bf16(L), cast_per_call)
         unfolded = generator(L)
+    assert cast_per_call.dtype == torch.bfloat16
     torch.testing.assert_close(cast_per_call.float(), unfolded.float(), rtol=0, atol=0.05)
 
 
