@@ -173,6 +173,26 @@ def test_folded_generator_with_bf16_weights_rounds_as_autocast_does(inference_pa
     torch.testing.assert_close(cast_per_call.float(), unfolded.float(), rtol=0, atol=0.05)
 
 
+@pytest.mark.skipif(not fused_blocks._ONEDNN, reason="this torch has no oneDNN")
+def test_folded_generator_packs_its_weights_for_each_new_batch_shape():
+    """oneDNN's weight layouts are made for one input shape and kept: batches of other shapes (a run's
+    last, partial one; a batch split in halves after an out-of-memory) get their own and still
+    predict what the generator does, and a shape seen again is not packed again."""
+    generator = trained_looking_generator([4, 8, 8, 8], 32)
+    folded = FoldedGenerator(generator)
+    first_conv = folded.down[0]
+    packs = []
+    with torch.inference_mode():
+        for batch in (3, 2, 2, 3):
+            L = (torch.rand(batch, 1, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(folded(L), generator(L), rtol=1e-5, atol=1e-5)
+            key, packed = first_conv.__dict__["_onednn_packed"]
+            assert key == ((batch, 1, 32, 32), torch.float32) and packed.is_mkldnn
+            packs.append(packed)
+    assert packs[2] is packs[1]  # the second batch of 2 took the first one's
+    assert packs[3] is not packs[0]  # one shape at a time: 3 again was packed again
+
+
 def test_folding_needs_the_running_statistics_of_eval_mode():
     with pytest.raises(ValueError, match="eval mode"):
         FoldedGenerator(Generator([4, 8], 16).train())
