@@ -134,14 +134,15 @@ def trained_looking_generator(widths: list[int], size: int) -> Generator:
     return generator.eval().to(memory_format=torch.channels_last)
 
 
-@pytest.fixture(params=["oneDNN", "ATen"])
+@pytest.fixture(params=["oneDNN", "oneDNN without bf16", "ATen"])
 def inference_path(request, monkeypatch):
-    """The folded generator on each of its paths: oneDNN's convolutions with their activation, and
-    ATen's (what a GPU, or a CPU build without oneDNN, runs)."""
-    if request.param == "ATen":
-        monkeypatch.setattr(fused_blocks, "_ONEDNN", False)
-    elif not fused_blocks._ONEDNN:
+    """The folded generator on each of its paths: oneDNN's convolutions with their activation; the
+    same on a CPU without native bf16 (an AVX2-only EPYC: bf16 goes to ATen); and ATen's (what a
+    GPU, or a CPU build without oneDNN, runs)."""
+    if not fused_blocks._ONEDNN_DTYPES and request.param != "ATen":
         pytest.skip("this torch has no oneDNN")
+    paths = {"oneDNN": {torch.float32, torch.bfloat16}, "oneDNN without bf16": {torch.float32}, "ATen": set()}
+    monkeypatch.setattr(fused_blocks, "_ONEDNN_DTYPES", paths[request.param])
     return request.param
 
 
@@ -150,7 +151,7 @@ def test_folded_generator_is_the_generator_in_eval_mode(height, width, inference
     generator = trained_looking_generator([4, 8, 8, 8], 32)
     folded = FoldedGenerator(generator)
     L = (torch.rand(3, 1, height, width) * 2 - 1).contiguous(memory_format=torch.channels_last)
-    assert fused_blocks.onednn_applies(L) == (inference_path == "oneDNN")
+    assert fused_blocks.onednn_applies(L) == (inference_path != "ATen")
     with torch.inference_mode():
         torch.testing.assert_close(folded(L), generator(L), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(folded(L), as_designed(generator, L), rtol=1e-5, atol=1e-5)
@@ -163,6 +164,7 @@ def test_folded_generator_with_bf16_weights_rounds_as_autocast_does(inference_pa
     generator = trained_looking_generator([8, 16, 16, 16], 32)
     L = (torch.rand(4, 1, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fused_blocks.onednn_applies(L) == (inference_path == "oneDNN")
         cast_per_call = FoldedGenerator(generator)(L)
         kept_in_bf16 = FoldedGenerator(generator, torch.bfloat16)
         assert {conv.weight.dtype for conv in [*kept_in_bf16.down, *kept_in_bf16.up]} == {torch.bfloat16}
@@ -173,7 +175,7 @@ def test_folded_generator_with_bf16_weights_rounds_as_autocast_does(inference_pa
     torch.testing.assert_close(cast_per_call.float(), unfolded.float(), rtol=0, atol=0.05)
 
 
-@pytest.mark.skipif(not fused_blocks._ONEDNN, reason="this torch has no oneDNN")
+@pytest.mark.skipif(not fused_blocks._ONEDNN_DTYPES, reason="this torch has no oneDNN")
 def test_folded_generator_packs_its_weights_for_each_new_batch_shape():
     """oneDNN's weight layouts are made for one input shape and kept: batches of other shapes (a run's
     last, partial one; a batch split in halves after an out-of-memory) get their own and still

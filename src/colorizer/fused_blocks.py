@@ -159,12 +159,24 @@ def upsampled_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return nn.functional.pixel_shuffle(nn.functional.conv2d(x, _phase_filters(conv.weight), bias, padding=1), 2)
 
 
-def onednn_applies(x: torch.Tensor) -> bool:
-    """Whether `conv_act` runs on x as one oneDNN call: a float32 or bf16 batch on a CPU with oneDNN."""
-    return x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16) and _ONEDNN
+def onednn_applies(x: torch.Tensor, dtype: torch.dtype | None = None) -> bool:
+    """Whether `conv_act` runs on x as one oneDNN call: a batch on a CPU with oneDNN, computed in
+    `dtype` (by default autocast's when it is on, else x's): float32, or bf16 where the CPU has it
+    (oneDNN has no bf16 convolutions for an AVX2-only CPU, where ATen falls back to slow kernels)."""
+    dtype = dtype or _compute_dtype(x.dtype)
+    return x.device.type == "cpu" and x.dim() == 4 and dtype in _ONEDNN_DTYPES
 
 
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+def _compute_dtype(default: torch.dtype) -> torch.dtype:
+    # autocast knows nothing of oneDNN's ops: cast as it would for a convolution
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else default
+
+
+_ONEDNN_DTYPES: set[torch.dtype] = set()
+if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
+    _ONEDNN_DTYPES = (
+        {torch.float32, torch.bfloat16} if torch.ops.mkldnn._is_mkldnn_bf16_supported() else {torch.float32}
+    )
 
 
 def conv_act(x: torch.Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, negative_slope: float) -> torch.Tensor:
@@ -174,12 +186,11 @@ def conv_act(x: torch.Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, negative_slo
     CPU backend emits for the pair. In autocast's dtype when it is on, else the weights'. Folded
     generator, bf16, batch 16 on a 2-core AMX Xeon: the post-ops 10% faster, the packing 9% more.
     Elsewhere the convolution and then the activation in place."""
-    if not onednn_applies(x):
+    dtype = _compute_dtype(conv.weight.dtype)
+    if conv.padding_mode != "zeros" or not onednn_applies(x, dtype):
         y = conv(x)
         return nn.functional.leaky_relu(y, negative_slope, inplace=True) if negative_slope else torch.relu_(y)
     activation, scalars = ("leaky_relu", [negative_slope]) if negative_slope else ("relu", [])
-    # autocast knows nothing of these ops: cast as it would for a convolution
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else conv.weight.dtype
     x = x.to(dtype)
     weight = _packed_weight(conv, x)
     bias = conv.bias.to(dtype) if conv.bias is not None else None
