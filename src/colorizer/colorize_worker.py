@@ -64,9 +64,8 @@ def init_worker_thread() -> None:
 def warm_up() -> None:
     """Pay the first-call costs once per process (numba loading its numpy support and the join's loop
     from its cache, or compiling it on a machine's first run: ~0.25 and ~1 s of CPU; Pillow loading
-    its JPEG plugin)
-    before the first photo needs them; a colour photo's L loop then loads in ~3 ms when one comes.
-    Thread-safe: a `finish` that comes first waits here instead."""
+    its JPEG plugin) before the first photo needs them; a colour photo's L loop then loads in ~3 ms
+    when one comes. Thread-safe: a `finish` that comes first waits here instead."""
     global _warmed_up
     if _warmed_up:
         return

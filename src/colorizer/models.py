@@ -110,7 +110,7 @@ class FoldedGenerator(nn.Module):
     each convolution then applies its block's activation as it writes its output (`conv_act`), so a
     down-block is one convolution and a 2x2 max pool, an up-block one convolution upsampled straight
     into the concatenation with the encoder's output (`upsampled_cat`). Full-width generator, bf16,
-    batch 16 at 256 px on a 2-core AMX Xeon: 295-311 -> 241-257 ms a batch (17-22%).
+    batch 16 at 256 px on a 2-core AMX Xeon: 292-330 -> 218-245 ms a batch (25%).
 
     `weight_dtype`: the convolutions' weights are kept in it, the dtype autocast runs them in (the
     same rounding as autocast's cast on every call, without the cast). The head keeps float32: its
