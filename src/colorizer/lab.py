@@ -89,14 +89,10 @@ def lab_planes_to_rgb(L: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray
     return cv2.cvtColor(cv2.merge([L, a, np.minimum(b, bound, out=bound)]), cv2.COLOR_Lab2RGB)
 
 
-def to_uint8(rgb01: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """float [0, 1] -> uint8, rounded and saturated (one OpenCV pass instead of four numpy ones);
-    into `out` (a contiguous uint8 array of rgb01's shape) when given."""
+def to_uint8(rgb01: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8, rounded and saturated (one OpenCV pass instead of four numpy ones)."""
     flat = rgb01.reshape(-1, 1, rgb01.shape[-1]) if rgb01.ndim != 3 else rgb01
-    if out is None:
-        return cv2.convertScaleAbs(flat, alpha=255.0).reshape(rgb01.shape)
-    cv2.convertScaleAbs(flat, dst=out.reshape(flat.shape), alpha=255.0)
-    return out
+    return cv2.convertScaleAbs(flat, alpha=255.0).reshape(rgb01.shape)
 
 
 _LINEAR_OF_UINT8 = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0).astype(np.float32)
