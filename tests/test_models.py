@@ -3,6 +3,7 @@ import torch
 
 from colorizer import fused_blocks
 from colorizer.config import PIX2PIX_WIDTHS, ModelConfig
+from colorizer.devices import autocast, autocast_dtype, cpu_has_native_bf16
 from colorizer.models import (
     ConvBlock,
     ConvTBlock,
@@ -161,6 +162,8 @@ def test_folded_generator_is_the_generator_in_eval_mode(height, width, inference
 def test_folded_generator_with_bf16_weights_rounds_as_autocast_does(inference_path):
     """Weights kept in bf16 are what autocast casts them to on every call: the same outputs, bit for
     bit; and about what the unfolded generator gives under autocast (bf16's rounding, in other places)."""
+    if inference_path == "oneDNN" and not cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16: oneDNN has no bf16 convolutions for it (colorize takes ATen's)")
     generator = trained_looking_generator([8, 16, 16, 16], 32)
     L = (torch.rand(4, 1, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -173,6 +176,33 @@ def test_folded_generator_with_bf16_weights_rounds_as_autocast_does(inference_pa
         unfolded = generator(L)
     assert cast_per_call.dtype == torch.bfloat16
     torch.testing.assert_close(cast_per_call.float(), unfolded.float(), rtol=0, atol=0.05)
+
+
+def test_folded_generator_on_this_cpu_as_colorize_runs_it():
+    """No path forced: the precision colorize picks here (bf16 where the CPU has it natively, else
+    fp32, as on an AVX2-only CPU or under COLORIZER_CPU_BF16=0) and the convolutions that follow
+    from it run and predict what the unfolded generator does."""
+    generator = trained_looking_generator([8, 16, 16, 16], 32)
+    dtype = autocast_dtype("auto", torch.device("cpu"))
+    assert (dtype == torch.bfloat16) == cpu_has_native_bf16()
+    L = (torch.rand(4, 1, 32, 32) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(torch.device("cpu"), dtype):
+        assert fused_blocks.onednn_applies(L) == bool(fused_blocks._ONEDNN_DTYPES)
+        folded = FoldedGenerator(generator, dtype)(L)
+        unfolded = generator(L)
+    tolerance = 0.05 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(folded.float(), unfolded.float(), rtol=0, atol=tolerance)
+
+
+def test_cpu_bf16_can_be_hidden(monkeypatch):
+    """COLORIZER_CPU_BF16=0: every CPU answers as an AVX2-only one does (fp32, no oneDNN bf16)."""
+    cpu_has_native_bf16.cache_clear()
+    monkeypatch.setenv("COLORIZER_CPU_BF16", "0")
+    try:
+        assert not cpu_has_native_bf16()
+        assert autocast_dtype("auto", torch.device("cpu")) is None
+    finally:
+        cpu_has_native_bf16.cache_clear()
 
 
 @pytest.mark.skipif(not fused_blocks._ONEDNN_DTYPES, reason="this torch has no oneDNN")

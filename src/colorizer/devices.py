@@ -3,6 +3,8 @@ training, validation, evaluate and colorize alike (so every "val L1" is computed
 
 from __future__ import annotations
 
+import functools
+import os
 import warnings
 from contextlib import AbstractContextManager
 
@@ -26,11 +28,20 @@ def pick_device(name: str, key: str = "train.device") -> torch.device:
     return device
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX; oneDNN's bf16 kernels need it).
+    COLORIZER_CPU_BF16=0 answers no on any CPU: what an AVX2-only CPU gets, shown on the one you have."""
+    if os.environ.get("COLORIZER_CPU_BF16", "1").strip() == "0":
+        return False
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 where the hardware does it natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs), else fp32 (None)."""
     if precision == "fp32":
         return None
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_native_bf16()
     if precision == "bf16" and not native:
         # On an AVX2-only CPU bf16 takes fallback kernels: the generator 15x, a large matmul 100x slower.
         warnings.warn(

@@ -29,6 +29,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
+from colorizer.devices import cpu_has_native_bf16
+
 log = logging.getLogger(__name__)
 
 
@@ -175,7 +177,7 @@ def _compute_dtype(default: torch.dtype) -> torch.dtype:
 _ONEDNN_DTYPES: set[torch.dtype] = set()
 if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
     _ONEDNN_DTYPES = (
-        {torch.float32, torch.bfloat16} if torch.ops.mkldnn._is_mkldnn_bf16_supported() else {torch.float32}
+        {torch.float32, torch.bfloat16} if cpu_has_native_bf16() else {torch.float32}
     )
 
 
