@@ -76,6 +76,18 @@ def test_split_for_is_a_function_of_the_hash(image_id):
     assert split_for("0" * 32, split) == "val" and split_for("f" * 32, split) == "train"
 
 
+def test_photographs_can_have_shares_of_their_own():
+    """split.photo_val/photo_test: photographs (few, and what a model is chosen on) get their own
+    shares; cut-outs keep val/test. Unset, both kinds share val/test."""
+    split = SplitConfig(val=0.1, test=0.1, photo_val=0.3, photo_test=0.2)
+    at_0_25, at_0_45 = "4" + "0" * 31, "73" + "3" * 30  # hash positions 0.25 and 0.45
+    assert [split_for(at_0_25, split, kind) for kind in ("photo", "cutout")] == ["val", "train"]
+    assert [split_for(at_0_45, split, kind) for kind in ("photo", "cutout")] == ["test", "train"]
+    assert split_for(at_0_25, SplitConfig(val=0.1, test=0.1), "photo") == "train"
+    with pytest.raises(ValueError, match="photo_val \\+ photo_test must sum below 1"):
+        SplitConfig(photo_val=0.6, photo_test=0.5)
+
+
 def test_a_file_name_that_is_not_utf8_is_fetched_and_shown_escaped(tmp_path):
     import os
 

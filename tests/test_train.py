@@ -19,7 +19,7 @@ from colorizer import tracking
 from colorizer import train as train_module
 from colorizer.checkpoints import CheckpointError, load_checkpoint, load_generator, save_checkpoint
 from colorizer.config import ConfigError, UserError, parse_params
-from colorizer.devices import autocast_dtype
+from colorizer.devices import autocast_dtype, cpu_has_native_bf16
 from colorizer.train import CHECKPOINT_NAME, build_gan, train
 from tests.conftest import wait_for_files
 
@@ -263,7 +263,7 @@ def test_sigterm_marks_killed_and_a_rerun_resumes(tiny_shards, tmp_path, mlflow_
 
 def test_precision_choice():
     cpu = torch.device("cpu")
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = cpu_has_native_bf16()
     assert autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
     with warnings.catch_warnings(record=True) as caught:
@@ -339,3 +339,107 @@ def test_a_run_left_running_by_kill_9_is_closed_by_the_next_training(tiny_shards
 
     run_train(tiny_params(epochs=1, lr=1.0e-3), tiny_shards, tmp_path / "other")  # other params: a new run
     assert client.get_run(orphan).info.status == "KILLED"
+
+
+def test_the_ema_is_what_is_validated_and_exported_and_a_resume_keeps_it(tiny_shards, tmp_path, mlflow_store):
+    """train.ema_decay > 0: the exported model is the average, not the last step's weights; the
+    checkpoint keeps both, so a resumed training exports the same average as an uninterrupted one."""
+    straight = run_train(tiny_params(epochs=3, ema_decay=0.9), tiny_shards, tmp_path / "straight")
+    run_train(tiny_params(epochs=1, ema_decay=0.9), tiny_shards, tmp_path / "resumed")
+    resumed = run_train(tiny_params(epochs=3, ema_decay=0.9), tiny_shards, tmp_path / "resumed")
+    assert resumed["val_g_l1"] == pytest.approx(straight["val_g_l1"], rel=1e-3)
+    state = load_checkpoint(tmp_path / "straight" / "state" / CHECKPOINT_NAME)
+    exported, _ = load_generator(tmp_path / "straight" / "model")
+    exported_weights = exported.state_dict()
+    averaged = {k.removeprefix("module."): v for k, v in state["generator_ema"].items() if k.startswith("module.")}
+    for name, value in exported_weights.items():
+        torch.testing.assert_close(value, averaged[name].to(value.dtype))
+    raw = state["generator"]
+    assert any(not torch.allclose(exported_weights[k], raw[k].float()) for k in raw if raw[k].is_floating_point())
+    resumed_export, _ = load_generator(tmp_path / "resumed" / "model")
+    for name, value in resumed_export.state_dict().items():
+        torch.testing.assert_close(value, exported_weights[name], rtol=1e-3, atol=1e-5)
+
+
+def test_without_ema_the_last_weights_are_exported(tiny_shards, tmp_path, mlflow_store):
+    run_train(tiny_params(epochs=1, ema_decay=0.0), tiny_shards, tmp_path)
+    state = load_checkpoint(tmp_path / "state" / CHECKPOINT_NAME)
+    assert state["generator_ema"] is None
+    exported, _ = load_generator(tmp_path / "model")
+    for name, value in exported.state_dict().items():
+        torch.testing.assert_close(value, state["generator"][name].to(value.dtype))
+
+
+def test_the_ema_averages_as_its_formula_says():
+    """After the first update copies the weights, each update moves the average a share
+    1 - min(decay, (1 + n) / (10 + n)) of the way to the current weights."""
+    from colorizer.ema import warmed_up_decay, weight_average
+
+    assert warmed_up_decay(0.999, 0) == pytest.approx(0.1)
+    assert warmed_up_decay(0.999, 90) == pytest.approx(0.91)
+    assert warmed_up_decay(0.5, 90) == 0.5
+    model = torch.nn.Sequential(torch.nn.Linear(1, 1, bias=False), torch.nn.BatchNorm1d(1))
+    average = weight_average(model, decay=0.5)
+    expected = None
+    for step, value in enumerate([1.0, 3.0, 7.0, -1.0]):
+        with torch.no_grad():
+            model[0].weight.fill_(value)
+        average.update_parameters(model)
+        expected = value if step == 0 else expected + (1 - warmed_up_decay(0.5, step)) * (value - expected)
+        assert average.module[0].weight.item() == pytest.approx(expected)
+    assert average.module[1].num_batches_tracked.item() == model[1].num_batches_tracked.item()
+
+
+def test_train_init_starts_the_generator_from_a_model_and_refuses_another_shape(tiny_shards, tmp_path, mlflow_store):
+    run_train(tiny_params(epochs=1), tiny_shards, tmp_path / "first")
+    source, _ = load_generator(tmp_path / "first" / "model")
+    params = tiny_params(init=str(tmp_path / "first" / "model"))
+    gan = build_gan(params.model, params.train, 32, torch.device("cpu"))
+    for name, value in source.state_dict().items():
+        torch.testing.assert_close(gan.generator.state_dict()[name], value)
+    fresh = build_gan(params.model, tiny_params().train, 32, torch.device("cpu"))
+    assert not torch.equal(fresh.generator.state_dict()["head.weight"], source.state_dict()["head.weight"])
+
+    with pytest.raises(ConfigError, match=r"^params.yaml: train.init: .* widths \[.*\] at 128 px; this training"):
+        build_gan(params.model, tiny_params(init="shipped").train, 32, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=r"^params.yaml: train.init: .*no trained model here"):
+        build_gan(params.model, tiny_params(init=str(tmp_path / "nowhere")).train, 32, torch.device("cpu"))
+
+
+def test_the_choice_rule_takes_the_last_three_epochs():
+    from colorizer.evaluate import choice_score
+
+    history = [
+        {"val_hue_agreement": 0.9, "val_psnr_gain": 9.0},  # an early lucky epoch does not count
+        {"val_hue_agreement": 0.5, "val_psnr_gain": 1.0},
+        {"val_hue_agreement": 0.6, "val_psnr_gain": 2.0},
+        {"val_hue_agreement": 0.4, "val_psnr_gain": 0.0},
+    ]
+    assert choice_score(history) == {
+        "val_hue_agreement": 0.5,
+        "val_psnr_gain": 1.0,
+        "val_hue_agreement_spread": 0.2,
+        "val_psnr_gain_spread": 2.0,
+        "score": 0.6,
+    }
+
+
+def test_per_epoch_photo_scores_of_a_grey_and_a_perfect_model(tiny_shards):
+    from colorizer.evaluate import photo_scores
+    from colorizer.shards import LabShardDataset
+
+    val = LabShardDataset(tiny_shards, "val")
+
+    class Constant(torch.nn.Module):
+        def __init__(self, ab=None):
+            super().__init__()
+            self.anchor, self.ab = torch.nn.Parameter(torch.zeros(1)), ab
+
+        def forward(self, L):
+            return torch.zeros(len(L), 2, *L.shape[2:]) if self.ab is None else self.ab
+
+    grey = photo_scores(Constant(), val, 4)
+    assert grey == {"hue_agreement": 0.0, "psnr_gain": 0.0}
+    L, ab = val.get_batch(np.arange(len(val)))
+    perfect = photo_scores(Constant(ab), val, len(val))
+    assert perfect["hue_agreement"] == pytest.approx(1.0) and perfect["psnr_gain"] > 5

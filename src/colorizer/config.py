@@ -37,12 +37,27 @@ Precision = Literal["auto", "fp32", "bf16"]
 class SplitConfig(Section):
     val: float = Field(0.15, ge=0.0, lt=1.0)
     test: float = Field(0.15, ge=0.0, lt=1.0)
+    # the shares for photographs (not cut-outs), where they are few: a model is chosen on its val
+    # photographs, so they must be enough to mean something; None: val and test
+    photo_val: float | None = Field(None, ge=0.0, lt=1.0)
+    photo_test: float | None = Field(None, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _leave_room_for_train(self) -> SplitConfig:
         if self.val + self.test >= 1.0:
             raise ValueError(f"val + test must sum below 1 to leave photos for train (got {self.val + self.test})")
+        val, test = self.shares("photo")
+        if val + test >= 1.0:
+            raise ValueError(f"photo_val + photo_test must sum below 1 to leave photos for train (got {val + test})")
         return self
+
+    def shares(self, kind: str) -> tuple[float, float]:
+        """(val, test) for images of `kind` (photo or cutout)."""
+        if kind != "photo":
+            return self.val, self.test
+        return (self.val if self.photo_val is None else self.photo_val), (
+            self.test if self.photo_test is None else self.photo_test
+        )
 
 
 class ArchiveConfig(Section):
@@ -127,6 +142,8 @@ class TrainConfig(Section):
     l1_lambda: float = Field(100.0, ge=0.0)
     l1_warmup_epochs: int = Field(0, ge=0)
     lr_decay_epochs: int = Field(0, ge=0)  # the last N epochs decay lr linearly towards 0 (pix2pix)
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate and export an EMA of G's weights
+    init: str = "none"  # none | shipped | a model folder: G starts from those weights (fine-tuning)
     precision: Precision = "auto"
     channels_last: bool = True
     device: str = "auto"

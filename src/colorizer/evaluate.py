@@ -62,6 +62,49 @@ def score_batch(
     return rows
 
 
+# The rule that chooses between trainings (and the epoch count of a recipe): the mean over the last
+# CHOICE_EPOCHS epochs of the validation photographs' hue agreement plus a tenth of their PSNR gain
+# over the grey input in dB (1 dB counts as 0.1 of hue agreement). Never one epoch's figure: with
+# a few dozen validation photos it swings by more than the differences between recipes.
+CHOICE_EPOCHS = 3
+PSNR_GAIN_WEIGHT = 0.1
+
+
+@torch.no_grad()
+def photo_scores(
+    generator: torch.nn.Module, dataset: LabShardDataset, batch_size: int, amp_dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Mean hue agreement and mean PSNR gain over the grey input (dB) on the photographs of `dataset`
+    (on all its images when it has no photograph): the figures `choice_score` is made of."""
+    photos = [i for i, kind in enumerate(dataset.kinds) if kind == "photo"] or list(range(len(dataset)))
+    device = next(generator.parameters()).device
+    hues, gains = [], []
+    for start in range(0, len(photos), batch_size):
+        L, ab = dataset.get_batch(np.asarray(photos[start : start + batch_size]))
+        with autocast(device, amp_dtype):
+            model_ab = generator(L.to(device)).float().cpu()
+        true_rgb, grey_rgb, model_rgb = (lab_batch_to_rgb(L, x) for x in (ab, torch.zeros_like(ab), model_ab))
+        for true, grey, model in zip(true_rgb, grey_rgb, model_rgb, strict=True):
+            hues.append(hue_agreement(model, true))
+            gains.append(psnr(model, true) - psnr(grey, true))
+    return {"hue_agreement": float(np.nanmean(hues)), "psnr_gain": float(np.mean(gains))}
+
+
+def choice_score(history: list[dict]) -> dict[str, float]:
+    """The choice rule over a training's per-epoch rows (`val_hue_agreement`, `val_psnr_gain`):
+    their means over the last CHOICE_EPOCHS epochs, their spread there, and the score."""
+    last = history[-CHOICE_EPOCHS:]
+    hue = np.array([row["val_hue_agreement"] for row in last], dtype=float)
+    gain = np.array([row["val_psnr_gain"] for row in last], dtype=float)
+    return {
+        "val_hue_agreement": round(float(hue.mean()), 4),
+        "val_psnr_gain": round(float(gain.mean()), 4),
+        "val_hue_agreement_spread": round(float(hue.max() - hue.min()), 4),
+        "val_psnr_gain_spread": round(float(gain.max() - gain.min()), 4),
+        "score": round(float(hue.mean() + PSNR_GAIN_WEIGHT * gain.mean()), 4),
+    }
+
+
 def evaluate(
     cfg: EvaluateConfig,
     train_cfg: TrainConfig,

@@ -54,12 +54,14 @@ class DecodeJob:
     min_chroma: float
 
 
-def split_for(image_id: str, split: SplitConfig) -> str:
-    """train/val/test from the content hash: stable when photos are added, never two splits for one photo."""
+def split_for(image_id: str, split: SplitConfig, kind: str = "photo") -> str:
+    """train/val/test from the content hash (with the shares of the image's kind): stable when photos
+    are added, never two splits for one photo."""
     position = int(image_id[:12], 16) / float(16**12)
-    if position < split.val:
+    val, test = split.shares(kind)
+    if position < val:
         return "val"
-    if position < split.val + split.test:
+    if position < val + test:
         return "test"
     return "train"
 
@@ -165,7 +167,7 @@ def _assign(rows: list[dict], split: SplitConfig) -> pd.DataFrame:
             row.pop("file", None)
             continue
         first_path[row["id"]] = row["path"]
-        row["split"] = split_for(row["id"], split)
+        row["split"] = split_for(row["id"], split, row["kind"])
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for column in ("width", "height"):
         manifest[column] = manifest[column].astype("Int64")

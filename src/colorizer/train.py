@@ -22,8 +22,17 @@ import torch
 from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader, DistributedSampler
 
-from colorizer import fused_blocks, losses, models, optimizers, tracking
-from colorizer.checkpoints import OutdatedCheckpoint, export_model, load_checkpoint, load_into, save_checkpoint
+from colorizer import ema, fused_blocks, losses, models, optimizers, tracking
+from colorizer.checkpoints import (
+    PRETRAINED_DIR,
+    CheckpointError,
+    OutdatedCheckpoint,
+    export_model,
+    load_checkpoint,
+    load_generator,
+    load_into,
+    save_checkpoint,
+)
 from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig, UserError
 from colorizer.devices import autocast, autocast_dtype, pick_device
 from colorizer.distributed import (
@@ -36,6 +45,7 @@ from colorizer.distributed import (
     unwrap,
     world_from_env,
 )
+from colorizer.evaluate import choice_score, photo_scores
 from colorizer.files import atomic_write_bytes, atomic_write_json, progress
 from colorizer.images import save_png
 from colorizer.losses import d_losses, g_losses, generator_loss
@@ -57,6 +67,12 @@ class Gan:
     amp_dtype: torch.dtype | None
     l1_lambda: float
     channels_last: bool = False
+    ema: torch.optim.swa_utils.AveragedModel | None = None  # of the generator's weights (train.ema_decay)
+
+    @property
+    def averaged_generator(self) -> torch.nn.Module:
+        """What is validated, sampled and exported: the EMA of the weights when there is one."""
+        return self.ema.module if self.ema is not None else unwrap(self.generator)
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
@@ -103,6 +119,8 @@ class Gan:
         losses = g_losses(fake_logits, fake_ab, ab)
         generator_loss(losses, self.l1_lambda).backward()
         self.opt_g.step()
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap(self.generator))
         return {key: value.detach() for key, value in losses.items()}
 
     def train_step(self, L: torch.Tensor, ab: torch.Tensor, adversarial: bool = True) -> dict[str, torch.Tensor]:
@@ -114,7 +132,7 @@ class Gan:
     @torch.no_grad()
     def eval_losses(self, L: torch.Tensor, ab: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast():
-            fake_ab = self.generator(L)
+            fake_ab = self.averaged_generator(L)
             real_logits, fake_logits = self.judge(L, ab), self.judge(L, fake_ab)
         return g_losses(fake_logits, fake_ab, ab) | d_losses(real_logits, fake_logits)
 
@@ -128,6 +146,7 @@ def build_gan(model_cfg: ModelConfig, cfg: TrainConfig, image_size: int, device:
     # kernel copies channels-last weights: see optimizers)
     opt_g = optimizers.ChannelsLastAdam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
     opt_d = optimizers.ChannelsLastAdam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
+    initial_weights(generator, cfg.init, image_size)
     return Gan(
         generator,
         discriminator,
@@ -137,7 +156,30 @@ def build_gan(model_cfg: ModelConfig, cfg: TrainConfig, image_size: int, device:
         autocast_dtype(cfg.precision, device),
         cfg.l1_lambda,
         cfg.channels_last,
+        ema.weight_average(generator, cfg.ema_decay) if cfg.ema_decay > 0 else None,
     )
+
+
+def initial_weights(generator: Generator, init: str, image_size: int) -> None:
+    """train.init: `none` keeps the random initialisation; `shipped` or a model folder starts the
+    generator from those weights (the discriminator starts afresh). A model of another width or
+    size is refused with one line: its weights would not fit this generator."""
+    if init == "none":
+        return
+    model_dir = PRETRAINED_DIR if init == "shipped" else Path(init)
+    try:
+        source, info = load_generator(model_dir)
+    except CheckpointError as e:
+        raise ConfigError(f"params.yaml: train.init: {e}") from None
+    if (source.widths, source.image_size) != (generator.widths, generator.image_size):
+        raise ConfigError(
+            f"params.yaml: train.init: {model_dir} is a generator of widths {source.widths} at "
+            f"{source.image_size} px; this training builds {generator.widths} at {image_size} px "
+            "(set model.width_multiplier and augment.image_size to match it, or train.init: none)"
+        )
+    with torch.no_grad():
+        for mine, theirs in zip(generator.state_dict().values(), source.state_dict().values(), strict=True):
+            mine.copy_(theirs)
 
 
 def distribute(gan: Gan, world: World, sync_batchnorm: bool) -> Gan:
@@ -234,7 +276,7 @@ def run_epoch(
 
 
 def validate(gan: Gan, dataset: LabShardDataset, batch_size: int) -> dict[str, float]:
-    gan.generator.eval()
+    gan.averaged_generator.eval()
     gan.discriminator.eval()
     sums: dict[str, float] = {}
     for start in range(0, len(dataset), batch_size):
@@ -247,17 +289,17 @@ def validate(gan: Gan, dataset: LabShardDataset, batch_size: int) -> dict[str, f
 @torch.no_grad()
 def write_samples(gan: Gan, dataset: LabShardDataset, count: int, seed: int, path: Path) -> None:
     """The design document's figure: `count` random validation photos, grey / colorized / original."""
-    gan.generator.eval()
+    generator = gan.averaged_generator.eval()
     picks = np.sort(np.random.default_rng(seed).choice(len(dataset), size=min(count, len(dataset)), replace=False))
     L, ab = dataset.get_batch(picks)
     with gan.autocast():
-        fake = gan.generator(gan.to_device(L)).float().cpu()
+        fake = generator(gan.to_device(L)).float().cpu()
     save_png(path, sample_grid(L, fake, ab))
 
 
 # the modules whose code a checkpoint was trained with: the loop, the losses, the model and its
 # kernels, the optimizer
-TRAINING_CODE = (sys.modules[__name__], losses, models, fused_blocks, optimizers)
+TRAINING_CODE = (sys.modules[__name__], losses, models, fused_blocks, optimizers, ema)
 
 
 def fingerprint(params: Params, shard_dir: Path, world_size: int = 1) -> str:
@@ -300,6 +342,8 @@ def restore(gan: Gan, state: dict, loader_rng: torch.Generator, path: Path) -> N
     load_into(gan.discriminator, state["discriminator"], path)
     gan.opt_g.load_state_dict(state["opt_g"])
     gan.opt_d.load_state_dict(state["opt_d"])
+    if gan.ema is not None:
+        load_into(gan.ema, state["generator_ema"], path)
     torch.set_rng_state(state["torch_rng"])
     loader_rng.set_state(state["loader_rng"])
     if torch.cuda.is_available() and state.get("cuda_rng") is not None:
@@ -317,6 +361,7 @@ def snapshot(gan: Gan, epoch: int, loader_rng: torch.Generator, history: list, f
         "discriminator": gan.discriminator.state_dict(),
         "opt_g": gan.opt_g.state_dict(),
         "opt_d": gan.opt_d.state_dict(),
+        "generator_ema": gan.ema.state_dict() if gan.ema is not None else None,
         "torch_rng": torch.get_rng_state(),
         "loader_rng": loader_rng.get_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -475,7 +520,7 @@ def _train(
             if out.samples_path:  # the last epoch's grid, drawn again: the same model and seed give the same picture
                 write_samples(rank0, val_set, cfg.sample_count, params.seed + cfg.epochs, out.samples_path)
             recipe = {"epochs": cfg.epochs, "seed": params.seed}
-            info = export_model(out.model_dir, rank0.generator, rank0.discriminator, recipe)
+            info = export_model(out.model_dir, rank0.averaged_generator, rank0.discriminator, recipe)
             tracking.set_tags({tracking.MODEL_SHA256_TAG: info["model_sha256"]})  # how evaluate finds this run
             if log_model:
                 from colorizer import serving  # mlflow.pyfunc: only when a model is logged
@@ -485,6 +530,7 @@ def _train(
     if not world.is_main:
         return {}
     final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}
+    final["choice"] = choice_score(history)
     atomic_write_json(out.metrics_path, final)
     return final
 
@@ -502,10 +548,12 @@ def end_epoch(
     (what DVC tracks: losses only, the same on every run)."""
     cfg = params.train
     val_losses = validate(gan, val_set, cfg.batch_size)
+    scores = photo_scores(gan.averaged_generator, val_set, cfg.batch_size, gan.amp_dtype)
     row = {
         "epoch": epoch,
         **{f"train_{k}": v for k, v in sorted(train_losses.items())},
         **{f"val_{k}": v for k, v in sorted(val_losses.items())},
+        **{f"val_{k}": v for k, v in scores.items()},
     }
     grid = out.state_dir / "samples" / f"epoch_{epoch:03d}.png"
     write_samples(gan, val_set, cfg.sample_count, params.seed + epoch, grid)
