@@ -176,9 +176,7 @@ def _compute_dtype(default: torch.dtype) -> torch.dtype:
 
 _ONEDNN_DTYPES: set[torch.dtype] = set()
 if torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"):
-    _ONEDNN_DTYPES = (
-        {torch.float32, torch.bfloat16} if cpu_has_native_bf16() else {torch.float32}
-    )
+    _ONEDNN_DTYPES = {torch.float32, torch.bfloat16} if cpu_has_native_bf16() else {torch.float32}
 
 
 def conv_act(x: torch.Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, negative_slope: float) -> torch.Tensor:
