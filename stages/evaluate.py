@@ -8,13 +8,12 @@ from colorizer.runtime import stage_main
 
 def evaluate(model: Path, shards: Path, metrics: Path, per_image: Path) -> None:
     """Score every val/test image, model and grey baseline (colorizer.evaluate.evaluate)."""
-    import json
-
     from colorizer import evaluate as evaluation  # imported after stage_main's process setup: torch loads here
     from colorizer.config import load_params
 
     params = load_params()
-    print(json.dumps(evaluation.evaluate(params.evaluate, params.train, model, shards, metrics, per_image)))
+    summary = evaluation.evaluate(params.evaluate, params.train, model, shards, metrics, per_image)
+    print(evaluation.describe(summary))
 
 
 if __name__ == "__main__":

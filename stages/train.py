@@ -1,4 +1,5 @@
-"""DVC stage `train`: the GAN on the Lab shards; resumes from its checkpoint; exports the generator."""
+"""DVC stage `train`: the GAN on the Lab shards; resumes from its checkpoint; exports the generator.
+With train.nproc_per_node > 1 the script hands itself over to torchrun (see stage_main)."""
 
 import sys
 from pathlib import Path
@@ -17,4 +18,4 @@ def train(shards: Path, model: Path, state: Path, plots: Path, samples: Path, me
 
 
 if __name__ == "__main__":
-    sys.exit(stage_main(train))
+    sys.exit(stage_main(train, distributed=True))

@@ -49,3 +49,23 @@ def test_summary_has_photos_apart_and_is_strict_json(scored):
     json.loads((tmp_path / "evaluate.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     per_image = pd.read_csv(tmp_path / "per_image.csv")
     assert set(per_image.kind) == {"photo"} and len(per_image) == 2 * (4 + 3)
+
+
+def test_evaluation_is_logged_once_into_the_run_that_trained_the_model(tiny_shards, tmp_path, mlflow_store):
+    """A forced rerun of evaluate scores the same model again: its figures are not logged twice."""
+    from mlflow.tracking import MlflowClient
+
+    from colorizer import tracking
+
+    torch.manual_seed(0)
+    info = export_model(tmp_path / "model", Generator([8, 16, 16], 32).eval(), Discriminator([8, 16]).eval(), {})
+    with tracking.training_run({"train": {"epochs": 1}}, "fingerprint", resume=False) as run_id:
+        tracking.set_tags({tracking.MODEL_SHA256_TAG: info["model_sha256"]})
+    for _ in range(2):
+        evaluate(
+            EvaluateConfig(batch_size=2),
+            TrainConfig(precision="fp32"),
+            *(tmp_path / "model", tiny_shards, tmp_path / "evaluate.json", tmp_path / "per_image.csv"),
+        )
+    history = MlflowClient(mlflow_store).get_metric_history(run_id, "eval_test_model_l1")
+    assert len(history) == 1

@@ -64,7 +64,7 @@ def test_each_stage_script_is_named_after_its_stage_and_function():
         tree = ast.parse(script.read_text())
         functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
         assert functions == [name], f"{script.name} should define one function, {name}()"
-        assert f"stage_main({name})" in script.read_text()
+        assert re.search(rf"stage_main\({name}(, distributed=True)?\)", script.read_text())
 
 
 def test_the_import_graph_reader_sees_lazy_and_aliased_imports(tmp_path):
@@ -74,3 +74,27 @@ def test_the_import_graph_reader_sees_lazy_and_aliased_imports(tmp_path):
         "def f():\n    from colorizer import train as training\n    import colorizer.lab\n"
     )
     assert colorizer_imports(sample) == {"config", "train", "lab"}
+
+
+def test_a_typo_in_params_stops_the_train_stage_with_one_line(tmp_path):
+    """One rank trains in the stage's own process: a bad key is the one-line message, with none of
+    torchrun's report of a failed child around it."""
+    import subprocess
+    import sys
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["epoch"] = params["train"].pop("epochs")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    flags = ["--shards", "s", "--model", "m", "--state", "st", "--plots", "p.csv", "--samples", "s.png"]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "stages" / "train.py"), *flags, "--metrics", "m.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "colorizer train: params.yaml: train.epoch: unknown key (check the spelling against params.yaml's "
+        "documented keys)"
+    ]

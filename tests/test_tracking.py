@@ -193,9 +193,14 @@ def test_a_server_that_stops_mid_training_is_one_line_and_the_rerun_continues_it
         monkeypatch.setenv("DVC_ROOT", str(tmp_path))
         run_train(tiny_params(epochs=kept + 1), tiny_shards, tmp_path)
         client = MlflowClient(url)
-        [run] = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
-        assert run.info.status == "FINISHED"  # the same run, continued and closed
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")][-1] == kept + 1
+        stopped, run = client.search_runs(
+            [client.get_experiment_by_name("colorizer").experiment_id], order_by=["start_time"]
+        )
+        # fewer epochs than the stopped training's params: a run of its own, continuing that one's history
+        assert run.info.status == "FINISHED" and run.data.tags["continued_from"] == stopped.info.run_id
+        assert stopped.info.status == "KILLED"  # its trainer is gone: closed by the next training
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")]
+        assert steps == list(range(1, kept + 2))
     finally:
         stop_server(server)
 

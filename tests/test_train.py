@@ -92,10 +92,16 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shards, tmp_path, mlflow_
     assert resumed["val_g_l1"] == pytest.approx(straight["val_g_l1"], rel=1e-3)
 
     client = MlflowClient(mlflow_store)
-    runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
-    assert len(runs) == 2  # the resumed training continued its own run
-    resumed_run = next(r for r in runs if r.info.start_time == max(other.info.start_time for other in runs))
-    assert [m.step for m in client.get_metric_history(resumed_run.info.run_id, "train_g_l1")] == [1, 2, 3]
+    runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id], order_by=["start_time"])
+    # three trainings, three runs: the one of 3 epochs resumed the 1-epoch checkpoint under other params
+    assert [r.data.params["train.epochs"] for r in runs] == ["3", "1", "3"]
+    one_epoch, resumed_run = runs[1], runs[2]
+    assert resumed_run.data.tags[tracking.CONTINUED_FROM_TAG] == one_epoch.info.run_id
+    assert tracking.CONTINUED_FROM_TAG not in one_epoch.data.tags
+    history = client.get_metric_history(resumed_run.info.run_id, "train_g_l1")
+    assert [m.step for m in history] == [1, 2, 3]  # epoch 1 copied from the run it continued
+    assert history[0].value == client.get_metric_history(one_epoch.info.run_id, "train_g_l1")[0].value
+    assert [m.step for m in client.get_metric_history(one_epoch.info.run_id, "train_g_l1")] == [1]
 
 
 def test_other_params_start_over(tiny_shards, tmp_path, mlflow_store, caplog):
@@ -251,14 +257,33 @@ def test_sigterm_marks_killed_and_a_rerun_resumes(tiny_shards, tmp_path, mlflow_
     client = MlflowClient(mlflow_store)
     assert client.get_run(run_of(state)).info.status == "KILLED"
 
+    killed_run = run_of(state)
+
+    # rerun as it was: the same run goes on (and is stopped again after another epoch)
+    process = subprocess.Popen(command, cwd=tmp_path, env=environment, stderr=subprocess.PIPE, text=True)
+    while load_checkpoint(checkpoint)["epoch"] == state["epoch"] and time.monotonic() < deadline + 120:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "resuming from" in stderr, stderr
+    state = load_checkpoint(checkpoint)
+    assert run_of(state) == killed_run and len(client.search_runs([client.get_run(killed_run).info.experiment_id])) == 1
+    assert [m.step for m in client.get_metric_history(killed_run, "train_g_l1")] == list(range(1, state["epoch"] + 1))
+
+    # rerun with fewer epochs: other params, so a run of its own that continues the killed one
     params["train"]["epochs"] = state["epoch"] + 1
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     rerun = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert f"resuming from state/{CHECKPOINT_NAME} after epoch {state['epoch']}" in rerun.stderr
     run = client.get_run(run_of(state))
-    assert run.info.status == "FINISHED" and len(client.search_runs([run.info.experiment_id])) == 1
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.CONTINUED_FROM_TAG] == killed_run
+    assert run.data.params["train.epochs"] == str(state["epoch"] + 1)
+    assert client.get_run(killed_run).info.status == "KILLED"
     assert len(pd.read_csv(tmp_path / "plots.csv")) == state["epoch"] + 1
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_g_l1")] == list(
+        range(1, state["epoch"] + 2)
+    )
 
 
 def test_precision_choice():
@@ -317,6 +342,8 @@ def test_lr_schedule_is_constant_then_decays_linearly_like_pix2pix():
     assert [lr_at(e, constant) for e in range(1, 5)] == [1.0] * 4
     decaying = TrainConfig(epochs=6, lr=1.0, lr_decay_epochs=3)
     assert [lr_at(e, decaying) for e in range(1, 7)] == pytest.approx([1.0, 1.0, 1.0, 0.75, 0.5, 0.25])
+    longer_than_training = TrainConfig(epochs=2, lr=1.0, lr_decay_epochs=15)  # decays over all epochs
+    assert [lr_at(e, longer_than_training) for e in (1, 2)] == pytest.approx([2 / 3, 1 / 3])
 
 
 def test_a_run_left_running_by_kill_9_is_closed_by_the_next_training(tiny_shards, tmp_path, mlflow_store):
@@ -416,11 +443,11 @@ def test_the_choice_rule_takes_the_last_three_epochs():
         {"val_hue_agreement": 0.4, "val_psnr_gain": 0.0},
     ]
     assert choice_score(history) == {
-        "val_hue_agreement": 0.5,
-        "val_psnr_gain": 1.0,
-        "val_hue_agreement_spread": 0.2,
-        "val_psnr_gain_spread": 2.0,
         "score": 0.6,
+        "hue": 0.5,
+        "psnr_gain": 1.0,
+        "hue_spread": 0.2,
+        "psnr_gain_spread": 2.0,
     }
 
 

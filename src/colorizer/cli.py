@@ -116,10 +116,10 @@ def _evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace, params: Params) -> None:
-    from colorizer.evaluate import evaluate
+    from colorizer.evaluate import describe, evaluate
 
     summary = evaluate(params.evaluate, params.train, args.model, args.shards, args.metrics, args.per_image)
-    print(json.dumps(summary))
+    print(describe(summary))
 
 
 @command("colorize", "Colorize a folder or archive of photos into DST at full resolution.", needs_params=False)

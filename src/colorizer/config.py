@@ -141,7 +141,7 @@ class TrainConfig(Section):
     betas: tuple[float, float] = (0.5, 0.999)
     l1_lambda: float = Field(100.0, ge=0.0)
     l1_warmup_epochs: int = Field(0, ge=0)
-    lr_decay_epochs: int = Field(0, ge=0)  # the last N epochs decay lr linearly towards 0 (pix2pix)
+    lr_decay_epochs: int = Field(0, ge=0)  # the last N epochs (all, if fewer) decay lr linearly towards 0 (pix2pix)
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate and export an EMA of G's weights
     init: str = "none"  # none | shipped | a model folder: G starts from those weights (fine-tuning)
     precision: Precision = "auto"
@@ -152,12 +152,6 @@ class TrainConfig(Section):
     sample_count: int = Field(7, gt=0)
     nproc_per_node: int = Field(1, ge=1)  # torchrun ranks on this machine (the train stage's command)
     sync_batchnorm: bool = False  # CUDA only: BatchNorm statistics over all ranks' batches
-
-    @model_validator(mode="after")
-    def _decay_within_training(self) -> TrainConfig:
-        if self.lr_decay_epochs > self.epochs:
-            raise ValueError(f"lr_decay_epochs ({self.lr_decay_epochs}) can't exceed epochs ({self.epochs})")
-        return self
 
 
 class EvaluateConfig(Section):

@@ -97,11 +97,11 @@ def choice_score(history: list[dict]) -> dict[str, float]:
     hue = np.array([row["val_hue_agreement"] for row in last], dtype=float)
     gain = np.array([row["val_psnr_gain"] for row in last], dtype=float)
     return {
-        "val_hue_agreement": round(float(hue.mean()), 4),
-        "val_psnr_gain": round(float(gain.mean()), 4),
-        "val_hue_agreement_spread": round(float(hue.max() - hue.min()), 4),
-        "val_psnr_gain_spread": round(float(gain.max() - gain.min()), 4),
         "score": round(float(hue.mean() + PSNR_GAIN_WEIGHT * gain.mean()), 4),
+        "hue": round(float(hue.mean()), 4),
+        "psnr_gain": round(float(gain.mean()), 4),
+        "hue_spread": round(float(hue.max() - hue.min()), 4),
+        "psnr_gain_spread": round(float(gain.max() - gain.min()), 4),
     }
 
 
@@ -136,16 +136,46 @@ def evaluate(
     with atomic_path(per_image_path) as tmp:
         per_image.to_csv(tmp, index=False)
     summary = summarize(per_image)
-    atomic_write_json(metrics_path, summary)
+    atomic_write_json(Path(per_image_path).parent / DETAIL_NAME, summary)
+    atomic_write_json(metrics_path, {"test": headline(summary)["test"]} if "test" in summary else {})
     run_id = tracking.run_of_model(info["model_sha256"])
-    if run_id:
+    if run_id and not tracking.evaluated_already(run_id, info["model_sha256"]):  # once per model
         flat = {f"eval_{k.replace('.', '_')}": v for k, v in tracking.flatten(summary).items()}
         tracking.log_metrics({k: v for k, v in flat.items() if isinstance(v, float)}, run_id=run_id)
         tracking.log_artifact(per_image_path, "evaluation", run_id=run_id)
+        tracking.set_tags({tracking.EVALUATED_TAG: info["model_sha256"]}, run_id=run_id)
     return summary
 
 
 KINDS = ("photo", "cutout")
+DETAIL_NAME = "summary.json"  # beside the per-image CSV: every mean, of both methods and kinds
+
+
+def headline(summary: dict) -> dict:
+    """The figures that matter, per split: the model on the photographs
+    (on all images where a split has none): hue agreement, PSNR gain over the grey input (dB) and
+    the colourfulness gap as a share of the grey input's. DVC's metrics file has test's (val's are
+    the choice rule's, in train's); every other mean is in DETAIL_NAME."""
+    figures = {}
+    for split, of_split in summary.items():
+        scored = of_split.get("photo", of_split)
+        model, grey = scored["model"], scored["baseline"]
+        gain = None if model["psnr"] is None or grey["psnr"] is None else round(model["psnr"] - grey["psnr"], 4)
+        ratio = None
+        if model["colourfulness_gap"] is not None and grey["colourfulness_gap"]:
+            ratio = round(model["colourfulness_gap"] / grey["colourfulness_gap"], 4)
+        figures[split] = {"hue": model["hue_agreement"], "psnr_gain": gain, "cf_ratio": ratio}
+    return figures
+
+
+def describe(summary: dict) -> str:
+    """evaluate's few lines for a person: the headline per split."""
+    lines = []
+    for split, figures in headline(summary).items():
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+        images = summary[split].get("photo", summary[split])["images"]
+        lines.append(f"evaluate {split} ({images} images): {shown}")
+    return "\n".join(lines)
 
 
 def summarize(per_image: pd.DataFrame) -> dict:

@@ -119,7 +119,15 @@ def fetch(
     with atomic_path(out_dir / "manifest.parquet") as tmp:
         manifest.to_parquet(tmp, index=False)
     summary = summarize(manifest)
-    atomic_write_json(summary_path, summary)
+    # DVC's metrics: the counts; why photos were rejected varies by experiment (a column per reason)
+    # and is in the manifest and the returned summary
+    # and train's count is ok - val - test (dvc metrics show stays one readable line per file)
+    counts = {
+        "ok": summary["ok"],
+        "rejected": summary["rejected"],
+        "split": {s: summary["split"][s] for s in ("val", "test")},
+    }
+    atomic_write_json(summary_path, counts)
     return summary
 
 

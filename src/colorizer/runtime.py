@@ -181,16 +181,34 @@ def run_entry(name: str, work: Callable[[], int | None]) -> int:
         return 130
 
 
-def stage_main(work: Callable[..., object]) -> int:
+def stage_main(work: Callable[..., object], distributed: bool = False) -> int:
     """The entry point of a DVC stage script: its paths come from dvc.yaml as `--name value` flags,
     one per parameter of `work` (all paths), and `work` loads its params section and calls the
-    library. Call it with the stage's function; the stage, the script and the function share a name."""
+    library. Call it with the stage's function; the stage, the script and the function share a name.
+    `distributed`: with train.nproc_per_node > 1 the script hands itself over to torchrun (one
+    process per rank); with one rank it runs here, so an error is its one line, not torchrun's
+    report of a failed child around it."""
     name = work.__name__
     parser = argparse.ArgumentParser(prog=f"stages/{name}.py", description=inspect.getdoc(work))
     for parameter in inspect.signature(work).parameters:
         parser.add_argument(f"--{parameter.replace('_', '-')}", type=Path, required=True, dest=parameter)
     args = parser.parse_args()
+    if distributed and "LOCAL_RANK" not in os.environ and (ranks := _ranks_asked()) > 1:
+        script = sys.argv[0]
+        print(f"{name}: torchrun --standalone --nproc-per-node={ranks} {' '.join(sys.argv)}", flush=True)
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}"]
+        os.execv(sys.executable, [*command, script, *sys.argv[1:]])  # in this process's place: DVC's signals reach it
     setup_process()
     setup_logging()
     stop_with_parent()
     return run_entry(name, lambda: work(**vars(args)))
+
+
+def _ranks_asked() -> int:
+    """train.nproc_per_node, or 1 where params.yaml can't be read (the stage then says why)."""
+    from colorizer.config import UserError, load_params
+
+    try:
+        return load_params().train.nproc_per_node
+    except UserError:
+        return 1

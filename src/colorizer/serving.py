@@ -63,7 +63,23 @@ def log_model(model_dir: Path, registered_model_name: str | None = REGISTERED_MO
             pip_requirements=requirements(),
             registered_model_name=registered_model_name,
         )
+    if registered_model_name and info.registered_model_version is not None:
+        _tag_version(registered_model_name, str(info.registered_model_version), model_dir)
     return info.model_uri
+
+
+def _tag_version(name: str, version: str, model_dir: Path) -> None:
+    """What the registry shows beside a version: which model bytes and which DVC experiment."""
+    import json
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    model_sha256 = json.loads((Path(model_dir) / "model.json").read_text())["model_sha256"]
+    client.set_model_version_tag(name, version, "model_sha256", model_sha256)
+    if os.environ.get("DVC_EXP_NAME"):
+        client.set_model_version_tag(name, version, "dvc_exp_name", os.environ["DVC_EXP_NAME"])
 
 
 def requirements() -> list[str]:

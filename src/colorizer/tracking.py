@@ -29,6 +29,9 @@ from colorizer.files import atomic_write_bytes
 DEFAULT_EXPERIMENT_NAME = "colorizer"
 MODEL_SHA256_TAG = "model_sha256"
 FINGERPRINT_TAG = "train_fingerprint"
+RUN_KEY_TAG = "train_run_key"  # the fingerprint, every param (epochs too) and DVC's experiment name
+EVALUATED_TAG = "evaluated_model_sha256"  # evaluate logged its scores of this model into the run
+CONTINUED_FROM_TAG = "continued_from"  # the run whose checkpoint a training with other params resumed
 OWNER_TAG = "trainer"  # host:pid of the process that runs a training run
 
 
@@ -210,9 +213,22 @@ def run_of_model(model_sha256: str) -> str | None:
     return newest_run_tagged(MODEL_SHA256_TAG, model_sha256)
 
 
-def set_tags(tags: dict[str, str]) -> None:
+def set_tags(tags: dict[str, str], run_id: str | None = None) -> None:
     with _signals_after_mlflow():
-        _mlflow().set_tags(tags)
+        mlflow = _mlflow()
+        if run_id is None:
+            mlflow.set_tags(tags)
+        else:
+            client = mlflow.tracking.MlflowClient()
+            for key, value in tags.items():
+                client.set_tag(run_id, key, value)
+
+
+def evaluated_already(run_id: str, model_sha256: str) -> bool:
+    """Whether evaluate logged its scores of this model into the run already (a forced rerun of the
+    stage gives the same figures: logged again they would be a second point of each)."""
+    with _signals_after_mlflow():
+        return _mlflow().tracking.MlflowClient().get_run(run_id).data.tags.get(EVALUATED_TAG) == model_sha256
 
 
 def close_orphaned_runs(keep: str | None = None) -> list[str]:
@@ -243,22 +259,40 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def run_key(params: dict[str, Any], fingerprint: str) -> str:
+    """What makes two trainings one MLflow run: the same checkpoint lineage (fingerprint), the same
+    params, every one (MLflow's params can't change), and the same DVC experiment."""
+    import hashlib
+    import json
+
+    payload = {"fingerprint": fingerprint, "params": params, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
 @contextmanager
-def training_run(params: dict[str, Any], fingerprint: str, resume: bool) -> Iterator[str]:
-    """Start the MLflow run, or continue the one a resumed checkpoint belongs to (found by its training
-    fingerprint); it ends FINISHED, FAILED on an error, KILLED on Ctrl-C/SIGTERM."""
+def training_run(params: dict[str, Any], fingerprint: str, resume: bool, resumed_epoch: int = 0) -> Iterator[str]:
+    """One MLflow run per training. A training interrupted and rerun as it was (same params, same DVC
+    experiment) continues its own run; one that resumes another's checkpoint with other params (more
+    epochs, another experiment name) starts a run of its own, tagged `continued_from` that run, with
+    its per-epoch history up to `resumed_epoch` copied in. The run ends FINISHED, FAILED on an error,
+    KILLED on Ctrl-C/SIGTERM."""
+    key = run_key(params, fingerprint)
     with _signals_after_mlflow():
         mlflow = _mlflow()
-        resume_id = newest_run_tagged(FINGERPRINT_TAG, fingerprint) if resume else None
+        resume_id = _unfinished_run_at(key, resumed_epoch) if resume else None
+        predecessor = newest_run_tagged(FINGERPRINT_TAG, fingerprint) if resume and resume_id is None else None
         close_orphaned_runs(keep=resume_id)
         # System metrics (CPU, memory, GPU where pynvml is installed) every 10 s, beside the training metrics.
         run = mlflow.start_run(run_id=resume_id, run_name=os.environ.get("DVC_EXP_NAME"), log_system_metrics=True)
     try:
         with _signals_after_mlflow():
+            tags = run_tags() | {FINGERPRINT_TAG: fingerprint, RUN_KEY_TAG: key}
             if resume_id is None:
                 mlflow.log_params(flatten(params))
-            owner = f"{socket.gethostname()}:{os.getpid()}"
-            mlflow.set_tags(run_tags() | {FINGERPRINT_TAG: fingerprint, OWNER_TAG: owner})
+                if predecessor:
+                    tags[CONTINUED_FROM_TAG] = predecessor
+                    _copy_history(predecessor, run.info.run_id, resumed_epoch)
+            mlflow.set_tags(tags | {OWNER_TAG: f"{socket.gethostname()}:{os.getpid()}"})
         yield run.info.run_id
     except TrackingUnavailable:
         _leave_run_open()
@@ -278,6 +312,45 @@ def training_run(params: dict[str, Any], fingerprint: str, resume: bool) -> Iter
         raise
     with _signals_after_mlflow():
         mlflow.end_run("FINISHED")
+
+
+def _unfinished_run_at(key: str, epoch: int) -> str | None:
+    """The newest run of this training (`run_key`) that was stopped (not FINISHED) after logging
+    exactly `epoch` epochs: the run the checkpoint being resumed was written by."""
+    from mlflow.tracking import MlflowClient
+
+    mlflow, client = _mlflow(), MlflowClient()
+    for run in mlflow.search_runs(
+        experiment_names=[experiment_name()],
+        filter_string=f"tags.{RUN_KEY_TAG} = '{key}' and attributes.status != 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        output_format="list",
+    ):
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")]
+        if max(steps, default=0) == epoch:
+            return run.info.run_id
+    return None
+
+
+def _copy_history(source_run: str, target_run: str, up_to_step: int) -> None:
+    """The per-epoch metrics of `source_run` up to `up_to_step` (the epochs the resumed checkpoint
+    holds) into `target_run`, so its curves start at epoch 1; not its evaluation, which scored
+    another model."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    copied = []
+    for name in client.get_run(source_run).data.metrics:
+        if name.startswith(("eval", "system/")):
+            continue
+        copied += [
+            Metric(name, m.value, m.timestamp, m.step)
+            for m in client.get_metric_history(source_run, name)
+            if 1 <= m.step <= up_to_step
+        ]
+    for start in range(0, len(copied), 1000):  # MLflow's batch limit
+        client.log_batch(target_run, metrics=copied[start : start + 1000])
 
 
 def _leave_run_open() -> None:

@@ -199,12 +199,14 @@ def distribute(gan: Gan, world: World, sync_batchnorm: bool) -> Gan:
 
 
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
-    """pix2pix's schedule: train.lr, then over the last lr_decay_epochs a linear decay (the last epoch
-    trains at lr / (lr_decay_epochs + 1)). A function of the epoch alone, so a resume needs no state."""
-    decay_from = cfg.epochs - cfg.lr_decay_epochs
-    if cfg.lr_decay_epochs == 0 or epoch <= decay_from:
+    """pix2pix's schedule: train.lr, then over the last lr_decay_epochs (all epochs, where there are
+    fewer: `-S train.epochs=3` keeps the default's decay) a linear decay; the last epoch trains at
+    lr / (decay epochs + 1). A function of the epoch alone, so a resume needs no state."""
+    decay_epochs = min(cfg.lr_decay_epochs, cfg.epochs)
+    decay_from = cfg.epochs - decay_epochs
+    if decay_epochs == 0 or epoch <= decay_from:
         return cfg.lr
-    return cfg.lr * (1.0 - (epoch - decay_from) / (cfg.lr_decay_epochs + 1))
+    return cfg.lr * (1.0 - (epoch - decay_from) / (decay_epochs + 1))
 
 
 def _already_batched(batch):
@@ -497,7 +499,7 @@ def _train(
         seed=params.seed,
     )
 
-    tracked = tracking.training_run(params.model_dump(), run_fingerprint, resume=state is not None)
+    tracked = tracking.training_run(params.model_dump(), run_fingerprint, state is not None, len(history))
     with tracked if world.is_main else nullcontext():
         for epoch in range(len(history) + 1, cfg.epochs + 1):
             for group in (*gan.opt_g.param_groups, *gan.opt_d.param_groups):
@@ -529,9 +531,11 @@ def _train(
     barrier(world)
     if not world.is_main:
         return {}
-    final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"model_sha256": info["model_sha256"]}
-    final["choice"] = choice_score(history)
-    atomic_write_json(out.metrics_path, final)
+    final = {k: v for k, v in history[-1].items() if np.isfinite(v)} | {"choice": choice_score(history)}
+    # what `dvc exp show` lines up: val L1 and the choice rule's figures (every loss of
+    # every epoch is in plots/train.csv; the model's sha256 in its model.json)
+    choice = {key: final["choice"][key] for key in ("score", "hue", "psnr_gain")}
+    atomic_write_json(out.metrics_path, {"val_l1": final["val_g_l1"], "choice": choice})
     return final
 
 

@@ -56,8 +56,11 @@ def env() -> dict[str, str]:
     return environment
 
 
-def run(cwd: Path, *command: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(
+    cwd: Path, *command: str, check: bool = True, timeout: float = 900, env_extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    environment = env() | (env_extra or {})
+    result = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result

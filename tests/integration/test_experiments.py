@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 from tests.integration.repo import TINY_PIPELINE, clone_repo, env, make_run, run, set_params
 
 pytestmark = pytest.mark.slow
+# README's comparison of experiments: what changed, and the headline figures
+COMPARE_COMMAND = ("dvc", "exp", "show", "--only-changed", "--drop", "Created|work/")
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +34,21 @@ def mlflow_runs(root):
 
 def test_make_run_trains_evaluates_and_tracks(pipeline_repo):
     root = pipeline_repo
-    evaluation = json.loads((root / "metrics" / "evaluate.json").read_text())
+    headline = json.loads((root / "metrics" / "evaluate.json").read_text())
+    evaluation = json.loads((root / "work" / "evaluate" / "summary.json").read_text())
     for split in ("val", "test"):
+        figures = evaluation[split].get("photo", evaluation[split])["model"]
+        assert headline.get(split, {"hue": figures["hue_agreement"]})["hue"] == figures["hue_agreement"]
         assert {"images", "model", "baseline", "photo"} <= set(evaluation[split])
         for method in ("model", "baseline"):
             assert {"l1", "l1_lab", "gan_loss", "psnr", "ssim", "colourfulness_gap", "hue_agreement"} <= set(
                 evaluation[split][method]
             )
+    photos = evaluation["test"]["photo"]
+    assert set(headline) == {"test"} and set(headline["test"]) == {"hue", "psnr_gain", "cf_ratio"}
+    assert headline["test"]["psnr_gain"] == pytest.approx(
+        photos["model"]["psnr"] - photos["baseline"]["psnr"], abs=1e-3
+    )
     assert evaluation["val"]["baseline"]["colourfulness"] < 1.0  # ab = 0 is grey
     assert (root / "plots" / "train.csv").read_text().count("\n") == 3  # header + 2 epochs
     assert sorted(p.name for p in (root / "work" / "train" / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
@@ -113,6 +123,12 @@ def test_exp_run_and_exp_show_side_by_side(pipeline_repo):
     shown = json.loads(run(root, "dvc", "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     assert "one-epoch" in text and "metrics/evaluate.json" in text and "metrics/train.json" in text
+    # the table a person reads (README's command) fits a 160-column terminal, every cell whole
+    table = run(root, *COMPARE_COMMAND, "--no-pager", env_extra={"COLUMNS": "160"}).stdout
+    assert "one-epoch" in table and "train.epochs" in table and "…" not in table, table
+    assert max(len(line) for line in table.splitlines()) <= 160, table
+    metrics_lines = run(root, "dvc", "metrics", "show").stdout.splitlines()
+    assert max(len(line) for line in metrics_lines) < 200, metrics_lines
     epochs = [json.loads(json.dumps(node)) for node in _walk(shown) if isinstance(node, dict) and "epoch" in node]
     assert {1, 2} <= {node["epoch"] for node in epochs}  # the baseline's 2 epochs and the experiment's 1
     rendered = run(root, "dvc", "plots", "show", "--json").stdout
@@ -157,3 +173,28 @@ def test_exp_run_trains_on_two_ranks(pipeline_repo):
     assert "two-ranks" in shown
     [two_ranks] = [r for r in mlflow_runs(root) if r.data.tags.get("dvc_exp_name") == "two-ranks"]
     assert two_ranks.info.status == "FINISHED" and two_ranks.data.params["train.nproc_per_node"] == "2"
+
+
+def test_an_experiment_that_resumes_another_is_a_run_of_its_own(pipeline_repo):
+    """`dvc exp run -S train.epochs=3 -n quick`, then `-S train.epochs=5 -n quick5`: the second resumes
+    the first one's checkpoint (same recipe, more epochs) but is another training, so another MLflow
+    run, with its own params, name and registered version."""
+    root = pipeline_repo
+    run(root, "dvc", "exp", "run", "-S", "train.epochs=3", "-n", "quick")
+    run(root, "dvc", "exp", "run", "-S", "train.epochs=5", "-n", "quick5")
+    runs = {r.data.tags.get("dvc_exp_name"): r for r in mlflow_runs(root)}
+    quick, quick5 = runs["quick"], runs["quick5"]
+    assert quick.info.run_id != quick5.info.run_id
+    assert (quick.data.params["train.epochs"], quick5.data.params["train.epochs"]) == ("3", "5")
+    assert quick.info.run_name == "quick" and quick5.info.run_name == "quick5"
+    assert quick5.data.tags["continued_from"] == quick.info.run_id
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    assert [m.step for m in client.get_metric_history(quick.info.run_id, "val_g_l1")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(quick5.info.run_id, "val_g_l1")] == [1, 2, 3, 4, 5]
+    for experiment in (quick, quick5):  # evaluation logged once, into its own run
+        assert len(client.get_metric_history(experiment.info.run_id, "eval_test_model_l1")) == 1
+    versions = {v.run_id: v for v in client.search_model_versions("name='colorizer'")}
+    for experiment in (quick, quick5):
+        version = versions[experiment.info.run_id]
+        assert version.tags["dvc_exp_name"] == experiment.data.tags["dvc_exp_name"]
+        assert version.tags["model_sha256"] == experiment.data.tags["model_sha256"]
