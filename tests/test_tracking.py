@@ -55,7 +55,13 @@ def test_the_logged_model_is_registered_and_served_over_http_as_colorize_writes_
         model_uri = serving.log_model(PRETRAINED_DIR)
     info = mlflow.models.get_model_info(model_uri)
     assert [(c.name, c.type.name) for c in info.signature.inputs.inputs] == [("image", "binary")]
-    assert [(c.name, c.type.name) for c in info.signature.outputs.inputs] == [("colorized", "binary")]
+    assert [(c.name, c.type.name) for c in info.signature.outputs.inputs] == [
+        ("colorized", "binary"),
+        ("error", "string"),
+    ]
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text().split()
+    assert {r.split("==")[0] for r in requirements} >= {"torch", "numba", "numpy", "pillow", "mlflow"}
+    assert not any("+" in r for r in requirements)  # a version PyPI serves: no local label such as +cpu
     [version] = MlflowClient(mlflow_store).search_model_versions("name='colorizer'")
     assert int(version.version) == 1
 
@@ -77,15 +83,18 @@ def test_the_logged_model_is_registered_and_served_over_http_as_colorize_writes_
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_up(f"{url}/ping", server, seconds=120)
-        body = {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(photo.read_bytes()).decode()]]}}
+        rows = [[base64.b64encode(b"not an image").decode()], [base64.b64encode(photo.read_bytes()).decode()]]
+        body = {"dataframe_split": {"columns": ["image"], "data": rows}}
         request = urllib.request.Request(
             f"{url}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(request, timeout=60) as response:
-            [prediction] = json.load(response)["predictions"]
+            [refused, prediction] = json.load(response)["predictions"]
     finally:
         server.terminate()
         server.wait(timeout=30)
+    assert refused.get("colorized") is None and refused["error"]  # the bad row says why; the good one is answered
+    assert prediction["error"] == "" and "not an image" in refused["error"].lower()
     served = np.asarray(Image.open(io.BytesIO(base64.b64decode(prediction["colorized"]))))
     assert served.shape == (100, 150, 3)
     np.testing.assert_array_equal(served, expected)

@@ -2,8 +2,9 @@
 
 `mlflow models serve -m models:/colorizer/<version> --env-manager local` answers
 POST /invocations {"dataframe_split": {"columns": ["image"], "data": [["<base64 of a photo>"]]}}
-with {"predictions": [{"colorized": "<base64 of a PNG>"}]}: any size, the photo's own full-resolution
-L kept and a*b* predicted at the model's size, as `colorizer colorize` does.
+with {"predictions": [{"colorized": "<base64 of a PNG>", "error": ""}]}: any size, the photo's own
+full-resolution L kept and a*b* predicted at the model's size, as `colorizer colorize` does. A row
+whose image can't be colorized gets no image and the reason in `error`; the other rows are answered.
 """
 
 from __future__ import annotations
@@ -21,12 +22,16 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
 REGISTERED_MODEL_NAME = "colorizer"
-INPUT_COLUMN, OUTPUT_COLUMN = "image", "colorized"
+INPUT_COLUMN, OUTPUT_COLUMN, ERROR_COLUMN = "image", "colorized", "error"
 SIGNATURE = ModelSignature(
-    inputs=Schema([ColSpec("binary", INPUT_COLUMN)]), outputs=Schema([ColSpec("binary", OUTPUT_COLUMN)])
+    inputs=Schema([ColSpec("binary", INPUT_COLUMN)]),
+    outputs=Schema([ColSpec("binary", OUTPUT_COLUMN, required=False), ColSpec("string", ERROR_COLUMN, required=False)]),
 )
-# What the logged code imports (see `requirements`), pinned to the versions installed here.
-RUNTIME_PACKAGES = ("torch", "numpy", "pandas", "pillow", "opencv-python-headless", "pydantic", "safetensors", "mlflow")
+# What the logged code imports when it serves (see `requirements`), pinned to the versions installed here.
+RUNTIME_PACKAGES = (
+    *("torch", "numpy", "numba", "pandas", "pillow", "opencv-python-headless", "pydantic", "pyyaml"),
+    *("safetensors", "tqdm", "mlflow"),
+)
 
 
 class ColorizerModel(mlflow.pyfunc.PythonModel):
@@ -41,8 +46,15 @@ class ColorizerModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from colorizer.inference import colorize_image
 
-        photos = model_input[INPUT_COLUMN]
-        return pd.DataFrame({OUTPUT_COLUMN: [colorize_image(self.runner, bytes(data)) for data in photos]})
+        colorized, errors = [], []
+        for data in model_input[INPUT_COLUMN]:
+            try:
+                colorized.append(colorize_image(self.runner, bytes(data)))
+                errors.append("")  # not None: the schema's string column would turn it into NaN
+            except Exception as e:  # this row's answer; the request's other photos still get theirs
+                colorized.append(None)
+                errors.append(str(e) or type(e).__name__)
+        return pd.DataFrame({OUTPUT_COLUMN: colorized, ERROR_COLUMN: errors})
 
 
 def log_model(model_dir: Path, registered_model_name: str | None = REGISTERED_MODEL_NAME) -> str:
@@ -83,7 +95,10 @@ def _tag_version(name: str, version: str, model_dir: Path) -> None:
 
 
 def requirements() -> list[str]:
-    return [f"{name}=={importlib.metadata.version(name)}" for name in RUNTIME_PACKAGES]
+    """The serving environment's pins. torch without its local label (`2.13.0+cpu` is the CPU build's
+    name on PyTorch's own index, which PyPI does not serve): pip then takes PyPI's build; add
+    `--extra-index-url https://download.pytorch.org/whl/cpu` to the environment for the CPU-only one."""
+    return [f"{name}=={importlib.metadata.version(name).split('+')[0]}" for name in RUNTIME_PACKAGES]
 
 
 def example_photo() -> bytes:
