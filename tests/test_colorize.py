@@ -596,3 +596,114 @@ def test_the_report_can_leave_out_its_run_specific_seconds(tmp_path, model_dir):
         "path,status,reason,width,height",
         "a.png,done,,40,30",
     ]
+
+
+def test_only_the_runs_own_temp_files_are_swept_and_a_dot_tmp_input_is_an_input(tmp_path, model_dir):
+    """The user's `.notes.tmp.txt` (Syncthing, Unison, editors) in DST is not a leftover of ours,
+    and an input named `.holiday.tmp.jpg` is colorized and kept, on every run."""
+    from colorizer.files import atomic_path
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    (src / ".holiday.tmp.jpg").write_bytes(encode(Image.fromarray(grey(40, 30)), "JPEG"))
+    (dst / "keep").mkdir(parents=True)
+    theirs = [dst / ".notes.tmp.txt", dst / "keep" / ".draft.tmp.md", dst / ".syncthing.x.jpg.tmp"]
+    for path in theirs:
+        path.write_text("mine")
+    with atomic_path(dst / "keep" / "ours.jpg") as tmp:  # the name a run that was killed leaves
+        ours = tmp.with_name(tmp.name)
+        os.link(tmp, ours.with_name(ours.name + ".kept"))
+        tmp.write_bytes(b"whole")
+    ours = ours.with_name(ours.name + ".kept").rename(ours)  # as if the rename never happened
+    for _ in range(2):
+        run(src, dst, model_dir)
+        assert all(path.read_text() == "mine" for path in theirs)
+        assert (dst / ".holiday.tmp.jpg").is_file() and report(dst).loc[".holiday.tmp.jpg", "status"] in (
+            "done",
+            "skipped",
+        )
+    assert not ours.exists()
+    assert is_temp_name(ours.name) and not any(is_temp_name(path.name) for path in theirs)
+
+
+def test_two_inputs_for_one_output_are_never_both_done(tmp_path, model_dir):
+    """a.jpg and a.png with --format PNG; an archive with ./b.jpg beside b.jpg and d//e.jpg beside
+    d/e.jpg: the first in listing order gets the output, the other is failed naming it, on every run."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(encode(Image.fromarray(grey(40, 30, seed=1)), "JPEG"))
+    (src / "a.png").write_bytes(encode(Image.fromarray(grey(40, 30, seed=2))))
+    for _ in range(2):
+        run(src, tmp_path / "dst", model_dir, format="PNG")
+        rows = report(tmp_path / "dst")
+        assert rows.loc["a.jpg", "status"] in ("done", "skipped")
+        assert rows.loc["a.png", "status"] == "failed" and "same output as a.jpg (a.png)" in rows.loc["a.png", "reason"]
+
+    archive = tmp_path / "scans.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, seed in (("b.jpg", 1), ("./b.jpg", 2), ("d/e.jpg", 3), ("d//e.jpg", 4)):
+            zf.writestr(name, encode(Image.fromarray(grey(40, 30, seed=seed)), "JPEG"))
+    run(archive, tmp_path / "from-zip", model_dir)
+    rows = report(tmp_path / "from-zip")
+    assert rows.status.tolist() == ["done", "failed", "done", "failed"]
+    assert (
+        "same output as b.jpg" in rows.loc["./b.jpg", "reason"]
+        and "same output as d/e.jpg" in rows.loc["d//e.jpg", "reason"]
+    )
+
+
+def test_float_and_32_bit_tiffs_are_scaled_by_their_range_or_refused(tmp_path, model_dir):
+    """Mode F 0..1 means black..white; 32-bit samples in 0..65535 are 16-bit ones; any other range is
+    refused with its values, never written out black or white and called done."""
+    src = tmp_path / "src"
+    src.mkdir()
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (48, 1))
+    Image.fromarray(ramp, mode="F").save(src / "float.tif")
+    Image.fromarray((ramp * 65535).astype(np.int32), mode="I").save(src / "int32.tif")
+    Image.fromarray(ramp * 300, mode="F").save(src / "float-300.tif")
+    Image.fromarray((ramp * 70000).astype(np.int32) - 5, mode="I").save(src / "int32-wide.tif")
+    run(src, tmp_path / "dst", model_dir)
+    rows = report(tmp_path / "dst")
+    for name in ("float.tif", "int32.tif"):
+        assert rows.loc[name, "status"] == "done"
+        L = rgb_to_lab(np.asarray(Image.open(tmp_path / "dst" / name).convert("RGB")))[..., 0]
+        assert L[:, :4].mean() < 10 and L[:, -4:].mean() > 90, name  # the ramp from black to white
+    assert (
+        rows.loc["float-300.tif", "status"] == "failed"
+        and "float samples from 0 to 300" in rows.loc["float-300.tif", "reason"]
+    )
+    assert rows.loc["int32-wide.tif", "status"] == "failed" and "not 0..65535" in rows.loc["int32-wide.tif", "reason"]
+
+
+def test_a_name_of_255_bytes_can_be_colorized(tmp_path, model_dir):
+    src = tmp_path / "src"
+    src.mkdir()
+    name = "é" * 125 + ".jpg"  # 254 bytes: the longest a file system takes is 255
+    (src / name).write_bytes(encode(Image.fromarray(grey(40, 30)), "JPEG"))
+    run(src, tmp_path / "dst", model_dir)
+    assert report(tmp_path / "dst").loc[name, "status"] == "done" and (tmp_path / "dst" / name).is_file()
+
+
+def test_a_reader_that_stops_early_or_a_closed_stderr_is_not_a_crash(tmp_path):
+    """`colorizer colorize SRC DST --dry-run | head -1` ends quietly; with stderr closed (`2>&-`) a
+    run still colorizes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for seed in range(400):
+        (src / f"p{seed:03d}.jpg").write_bytes(b"x")  # listed, never decoded by a dry run
+    command = f"{sys.executable} -m colorizer.cli colorize {src} {tmp_path / 'dst'} --dry-run | head -1"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=120)
+    assert done.stdout.count("\n") == 1 and "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+    assert done.returncode == 141, done.stderr
+
+    (src / "p000.jpg").write_bytes(encode(Image.fromarray(grey(40, 30)), "JPEG"))
+    for path in src.iterdir():
+        if path.name != "p000.jpg":
+            path.unlink()
+    closed = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m colorizer.cli colorize {src} {tmp_path / 'out'} 2>&-"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert closed.returncode == 0 and (tmp_path / "out" / "p000.jpg").is_file()

@@ -16,6 +16,7 @@ import csv
 import io
 import logging
 import os
+import posixpath
 import time
 import typing
 from collections.abc import Iterable, Iterator
@@ -123,14 +124,20 @@ def planned_inputs(src: Location, dst: Location, options: ColorizeOptions) -> It
     """(number, relative path, job to do or row already decided) per input, in listing order: the one
     place that decides what is refused while listing and what is skipped because its output exists
     (known from one listing of DST, not a request per photo: on an object store that is the cost)."""
-    existing = set() if options.overwrite else storage.relative_files(dst)
+    existing = set() if options.overwrite else {posixpath.normpath(name) for name in storage.relative_files(dst)}
+    claimed: dict[str, str] = {}  # output -> the input it belongs to: one output, one input
     for index, (relative, output, item) in enumerate(enumerate_inputs(src, dst, options.format)):
+        output = posixpath.normpath(output) if output else output  # ./b.jpg and d//e.jpg name b.jpg, d/e.jpg
         if isinstance(item, Outcome):
             yield index, relative, item
-        elif output in existing:
-            yield index, relative, Outcome("skipped", "output exists")
+        elif output in claimed:  # the first in listing order keeps it, on every run alike
+            yield index, relative, Outcome("failed", f"same output as {claimed[output]} ({output}): rename one")
         else:
-            yield index, relative, replace(item, index=index)
+            claimed[output] = relative
+            if output in existing:
+                yield index, relative, Outcome("skipped", "output exists")
+            else:
+                yield index, relative, replace(item, index=index)
 
 
 def _colorize(

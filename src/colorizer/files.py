@@ -6,8 +6,9 @@ import errno
 import json
 import logging
 import os
+import re
+import secrets
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +18,11 @@ if TYPE_CHECKING:
     from tqdm import tqdm
 
 T = TypeVar("T")
-TEMP_MARK = ".tmp"
+# A temp file's name: "." + (the start of) its final name + "." + 8 hex digits + TEMP_MARK + its
+# suffix. Only names of exactly this shape are ever swept as leftovers: a user's ".notes.tmp.txt" is not.
+TEMP_MARK = ".colorizer-tmp"
+_TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{8}" + re.escape(TEMP_MARK) + r"(\.[^.]*)?", re.DOTALL)
+NAME_MAX = 255  # bytes in one file name (ext4, XFS, APFS, NTFS)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -35,10 +40,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     keep_suffix = final.suffix if suffix is None else suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=TEMP_MARK + keep_suffix, dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
+    tmp = _new_temp_file(final, keep_suffix)
     try:
         yield tmp
         _fsync(tmp)
@@ -46,6 +48,22 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_temp_file(final: Path, suffix: str) -> Path:
+    """A new, empty temp file beside `final` (created exclusively, with the permissions of any other
+    output), named as `is_temp_name` recognises. A final name near the 255-byte limit is shortened
+    inside the temp name, so that any name that can exist can be written."""
+    while True:
+        tail = f".{secrets.token_hex(4)}{TEMP_MARK}{suffix}"
+        room = NAME_MAX - 1 - len(tail.encode())
+        head = final.name.encode()[:room].decode(errors="ignore")
+        tmp = final.parent / f".{head}{tail}"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK))
+        except FileExistsError:
+            continue
+        return tmp
 
 
 def _fsync(path: Path) -> None:
@@ -75,8 +93,8 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def is_temp_name(name: str) -> bool:
-    """True for the names `atomic_path` gives its temp files (leftovers of a killed run)."""
-    return name.startswith(".") and TEMP_MARK in name
+    """True for the names `atomic_path` gives its temp files (leftovers of a killed run), and no other."""
+    return _TEMP_NAME.fullmatch(name) is not None
 
 
 def progress(items: Iterable[T] | None, desc: str, total: int | None = None, unit: str = "img") -> tqdm:

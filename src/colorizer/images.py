@@ -72,6 +72,9 @@ def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS)
     """Open (lazily) with the format allow-list and a pixel cap checked before any decoding."""
     if not data:
         raise RejectedImage("empty file")
+    # Pillow's own bomb check, set from our cap (its default warns at 89.5 MP, below the caps we
+    # document): its warning, raised as an error, then fires exactly above max_pixels
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -82,6 +85,8 @@ def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS)
         raise RejectedImage("decompression bomb", str(e)) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise RejectedImage("corrupt", str(e)) from None
+    except (TypeError, KeyError, AttributeError, ArithmeticError, RuntimeError) as e:  # see decode
+        raise RejectedImage("corrupt", f"{type(e).__name__}: {e}") from None
     width, height = img.size
     if width * height > max_pixels:
         raise RejectedImage("decompression bomb", f"{width}x{height} is over the {max_pixels}-pixel cap")
@@ -126,6 +131,10 @@ def decode(
         raise RejectedImage(reason, str(e)) from None
     except (SyntaxError, ValueError, EOFError, IndexError, struct_error) as e:
         raise RejectedImage("corrupt", str(e)) from None
+    except (TypeError, KeyError, AttributeError, ArithmeticError, RuntimeError) as e:
+        # what Pillow's plugins raise on some malformed files (a TIFF tag of the wrong type: TypeError):
+        # the file can't be read, a row like any other, not a crash of the run
+        raise RejectedImage("corrupt", f"{type(e).__name__}: {e}") from None
     return DecodedImage(rgb, stored_mode, fmt, alpha, icc, exif, full_size, grey)
 
 
@@ -141,6 +150,21 @@ def upright_size(img: Image.Image) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def _full_scale(img: Image.Image) -> float:
+    """The value that means white in a deep grey image: 65535 for 16-bit samples (also 16-bit data in
+    a 32-bit container, which is how Pillow opens some 16-bit PNGs), 1.0 for floats (the convention
+    of float TIFFs). Other ranges (negative, above 65535, floats above 1, NaN) have no known meaning:
+    refused rather than guessed (a float image read as 16-bit would come out black)."""
+    low, high = img.getextrema()
+    if img.mode == "F":
+        if not (0.0 <= low and high <= 1.0):  # NaN fails both comparisons
+            raise RejectedImage("unsupported values", f"float samples from {low:g} to {high:g}, not 0..1")
+        return 1.0
+    if low < 0 or high > 65535:
+        raise RejectedImage("unsupported values", f"32-bit samples from {low} to {high}, not 0..65535")
+    return 65535.0
+
+
 def to_rgb(
     img: Image.Image, icc_profile: bytes | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -151,8 +175,9 @@ def to_rgb(
     if mode in GREY_MODES:
         alpha = None
         if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-            # Pillow's convert("L") clips 16-bit values above 255 to white; scale 0..65535 -> 0..255 ourselves.
-            grey = np.clip(np.round(np.asarray(img, dtype=np.float32) / 257.0), 0, 255).astype(np.uint8)
+            # Pillow's convert("L") clips values above 255 to white: scale ourselves, from the range
+            # the mode's values are known to mean, and refuse what has no known range
+            grey = np.round(np.asarray(img, dtype=np.float64) * (255.0 / _full_scale(img))).astype(np.uint8)
         elif mode == "LA":
             la = np.asarray(img, dtype=np.float32)
             grey = np.round(la[..., 0] * (la[..., 1] / 255.0) + 255.0 * (1.0 - la[..., 1] / 255.0)).astype(np.uint8)

@@ -57,6 +57,9 @@ def setup_process(keep_memory: bool = True) -> None:
     end to end on a 2-core machine and left training speed unchanged (measured with `make bench`).
     libgomp reads the variable once, when torch loads. A value the user set is kept."""
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    for stream in ("stdout", "stderr"):  # closed by the caller (`2>&-`): write nowhere rather than fail
+        if getattr(sys, stream) is None:
+            setattr(sys, stream, open(os.devnull, "w"))  # noqa: SIM115 - for the process's life
     if keep_memory:
         keep_freed_memory()
     # A scheduler's SIGTERM (a cluster job's time limit, `kill`) ends a run as Ctrl-C does: training
@@ -163,6 +166,11 @@ def run_entry(name: str, work: Callable[[], int | None]) -> int:
 
     try:
         return work() or 0
+    except BrokenPipeError:
+        # the reader went away (`colorizer colorize --dry-run | head -1`): what it read was whole; as
+        # Python's docs advise, point stdout at devnull so the exit's flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command a pipe's reader stopped
     except (UserError, FileNotFoundError) as e:
         print(f"colorizer {name}: {e}", file=sys.stderr)
         return 2
