@@ -145,6 +145,33 @@ class _PhotoServer(BaseHTTPRequestHandler):
         if self.path == "/flaky.png" and _PhotoServer.hits[self.path] == 1:
             self.send_error(503)
             return
+        if self.path == "/drip.png":  # a byte every 0.2 s: no read ever times out
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.payload)))
+            self.end_headers()
+            for byte in self.payload[:40]:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.2)
+            return
+        if self.path == "/truncated.png":  # the connection drops after half the promised bytes
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(self.payload)))
+            self.end_headers()
+            self.wfile.write(self.payload[: len(self.payload) // 2])
+            self.close_connection = True
+            return
+        if self.path == "/error-page.png":  # an error page answered 200
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<html>quota exceeded</html>")
+            return
+        if self.path == "/to-ftp.png":
+            self.send_response(302)
+            self.send_header("Location", "ftp://127.0.0.1:9/x.png")
+            self.end_headers()
+            return
         if self.path in ("/photo.png", "/slow.png", "/flaky.png"):
             self.send_response(200)
             self.send_header("Content-Length", str(len(self.payload)))
@@ -185,3 +212,21 @@ def test_url_list_with_failures_retries_and_cache(tmp_path, photo_server):
     again = {i.path.rsplit("/", 1)[-1]: i for i in url_candidates(listing, settings, tmp_path / "cache")}
     assert again["photo.png"].read() == _PhotoServer.payload
     assert _PhotoServer.hits["/photo.png"] == before["/photo.png"]  # served from the cache
+
+
+def test_downloads_have_a_total_deadline_and_only_whole_images_are_cached(tmp_path, photo_server):
+    """A server that drips bytes is stopped by download.max_seconds; a body shorter than its
+    Content-Length and an error page answered 200 are failures, not cached; a redirect to ftp://
+    is not followed."""
+    listing = tmp_path / "photos.urls"
+    urls = ["/drip.png", "/truncated.png", "/error-page.png", "/to-ftp.png"]
+    listing.write_text("\n".join(photo_server + u for u in urls))
+    settings = DownloadConfig(workers=4, timeout_seconds=1.0, max_seconds=2.0, retries=1, max_bytes=10**6)
+    started = time.monotonic()
+    items = {i.path.rsplit("/", 1)[-1]: i for i in url_candidates(listing, settings, tmp_path / "cache")}
+    assert time.monotonic() - started < 10
+    assert items["drip.png"].detail.startswith("took over 2 s in all")
+    assert items["truncated.png"].detail.startswith("truncated: ") and _PhotoServer.hits["/truncated.png"] == 2
+    assert items["error-page.png"].detail == "the server sent a text/html page, not an image"
+    assert "redirect to a non-http(s) URL ftp://" in items["to-ftp.png"].detail
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())

@@ -69,7 +69,8 @@ class ArchiveConfig(Section):
 
 class DownloadConfig(Section):
     workers: int = Field(8, gt=0)
-    timeout_seconds: float = Field(15.0, gt=0.0)
+    timeout_seconds: float = Field(15.0, gt=0.0)  # each wait for data
+    max_seconds: float = Field(300.0, gt=0.0)  # one download in all
     retries: int = Field(2, ge=0)
     max_bytes: int = Field(100_000_000, gt=0)
 

@@ -233,6 +233,42 @@ def url_candidates(path: Path, settings: DownloadConfig, cache_dir: Path) -> Ite
                 yield Candidate(shown, lambda data=data: data)
 
 
+class _HttpRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect to http(s) only: urllib would follow one to ftp:// too."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        if not newurl.lower().startswith(("http://", "https://")):
+            raise urllib.error.HTTPError(newurl, code, f"redirect to a non-http(s) URL {newurl}", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpRedirectsOnly)
+
+
+def _download(url: str, settings: DownloadConfig) -> tuple[bytes, str | None]:
+    """The body, or the reason it is not a whole image: `timeout_seconds` bounds each wait for data
+    and `max_seconds` the whole download (a server that drips a byte a second never times out a
+    read); a body shorter than its Content-Length, or a text page (an error page answered 200), is
+    not an image."""
+    deadline = time.monotonic() + settings.max_seconds
+    with _OPENER.open(url, timeout=settings.timeout_seconds) as response:
+        kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()  # none said: no judgement
+        if kind.startswith("text/"):
+            return b"", f"the server sent a {kind} page, not an image"
+        declared = response.headers.get("Content-Length", "")
+        chunks, size = [], 0
+        while chunk := response.read1(1 << 16):  # whatever arrived: the deadline is checked between reads
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > settings.max_bytes:
+                return b"", f"larger than {settings.max_bytes} bytes"
+            if time.monotonic() > deadline:
+                return b"", f"took over {settings.max_seconds:g} s in all ({size} bytes by then)"
+    if declared.isdigit() and size != int(declared):
+        return b"", f"truncated: {size} of {declared} bytes"
+    return b"".join(chunks), None
+
+
 def _download_cached(url: str, settings: DownloadConfig, cache_dir: Path) -> tuple[bytes | None, str | None]:
     if not url.lower().startswith(("http://", "https://")):
         return None, "not an http(s) URL"
@@ -244,13 +280,15 @@ def _download_cached(url: str, settings: DownloadConfig, cache_dir: Path) -> tup
         if attempt:
             time.sleep(min(0.5 * 2**attempt, 5.0))
         try:
-            with urllib.request.urlopen(url, timeout=settings.timeout_seconds) as response:
-                data = response.read(settings.max_bytes + 1)
-            if len(data) > settings.max_bytes:
-                return None, f"larger than {settings.max_bytes} bytes"
-            atomic_write_bytes(cached, data)
-            return data, None
+            data, error = _download(url, settings)
+            if error is None:
+                atomic_write_bytes(cached, data)  # only a whole answer is cached
+                return data, None
+            if error.startswith(("larger than", "the server sent", "took over")):
+                return None, error  # the same on retry
         except urllib.error.HTTPError as e:
+            if 300 <= e.code < 400:  # a redirect we refused to follow
+                return None, f"HTTP {e.code}: {e.msg}"
             error = f"HTTP {e.code}"
             if 400 <= e.code < 500 and e.code not in (408, 429):
                 return None, error  # a client error will not heal on retry
