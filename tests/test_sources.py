@@ -230,3 +230,63 @@ def test_downloads_have_a_total_deadline_and_only_whole_images_are_cached(tmp_pa
     assert items["error-page.png"].detail == "the server sent a text/html page, not an image"
     assert "redirect to a non-http(s) URL ftp://" in items["to-ftp.png"].detail
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+
+
+def _patch_zip_member(data: bytearray, name: str, offset_in_local: int, offset_in_central: int, value: int) -> None:
+    """Set a 2-byte field of `name`'s local header and central directory entry (zipfile writes
+    neither an encrypted nor a Deflate64 member: the test marks one as such)."""
+    encoded = name.encode()
+    local = next(
+        i
+        for i in range(len(data))
+        if data.startswith(b"PK\x03\x04", i) and data[i + 30 : i + 30 + len(encoded)] == encoded
+    )
+    central = next(
+        i
+        for i in range(len(data))
+        if data.startswith(b"PK\x01\x02", i) and data[i + 46 : i + 46 + len(encoded)] == encoded
+    )
+    data[local + offset_in_local : local + offset_in_local + 2] = value.to_bytes(2, "little")
+    data[central + offset_in_central : central + offset_in_central + 2] = value.to_bytes(2, "little")
+
+
+def test_an_unreadable_zip_member_is_a_row_and_the_next_members_are_read(tmp_path):
+    """Encrypted, Deflate64 (what Windows writes for large zips) and a bad CRC: each its own row,
+    the members after them read as usual."""
+    photo = encode(colourful(), "PNG")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name in ("a.png", "locked.png", "deflate64.png", "bad-crc.png", "e.png"):
+            archive.writestr(name, photo)
+    data = bytearray(buffer.getvalue())
+    _patch_zip_member(data, "locked.png", 6, 8, 0x1)  # general purpose flag: encrypted
+    _patch_zip_member(data, "deflate64.png", 8, 10, 9)  # compression method 9: Deflate64
+    local = data.index(b"bad-crc.png") + len("bad-crc.png")
+    data[local + 100] ^= 0xFF  # one byte of the stored data: its CRC no longer matches
+    (tmp_path / "scans.zip").write_bytes(data)
+    rows = {i.path.rsplit("!", 1)[-1]: i for i in archive_candidates(tmp_path / "scans.zip", LIMITS)}
+    assert list(rows) == ["a.png", "locked.png", "deflate64.png", "bad-crc.png", "e.png"]
+    assert rows["a.png"].read() == photo and rows["e.png"].read() == photo
+    assert rows["locked.png"].reason == "unreadable member" and "encrypted" in rows["locked.png"].detail
+    assert "NotImplementedError" in rows["deflate64.png"].detail
+    assert "Bad CRC-32" in rows["bad-crc.png"].detail
+
+
+def test_a_damaged_tar_gz_says_which_members_were_not_read(tmp_path):
+    """16 bytes flipped mid-stream: tarfile stops as if the archive ended; a row says where it broke."""
+    buffer = io.BytesIO()
+    photo = encode(colourful(300, 200), "PNG")
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for index in range(5):
+            info = tarfile.TarInfo(f"m{index}.png")
+            info.size = len(photo)
+            archive.addfile(info, io.BytesIO(photo))
+    data = bytearray(buffer.getvalue())
+    for offset in range(16):
+        data[len(data) // 2 + offset] ^= 0xFF
+    (tmp_path / "scans.tar.gz").write_bytes(data)
+    items = list(archive_candidates(tmp_path / "scans.tar.gz", LIMITS))
+    *members, last = items
+    assert all(item.path.endswith(f"!m{i}.png") for i, item in enumerate(members))
+    assert last.reason == "bad archive" and last.path.endswith("scans.tar.gz")
+    assert f"damaged after m{len(members) - 1}.png: any members after it were not read" in last.detail

@@ -56,8 +56,8 @@ def _new_temp_file(final: Path, suffix: str) -> Path:
     inside the temp name, so that any name that can exist can be written."""
     while True:
         tail = f".{secrets.token_hex(4)}{TEMP_MARK}{suffix}"
-        room = NAME_MAX - 1 - len(tail.encode())
-        head = final.name.encode()[:room].decode(errors="ignore")
+        room = NAME_MAX - 1 - len(os.fsencode(tail))
+        head = os.fsdecode(os.fsencode(final.name)[:room])  # bytes, as the file system counts them
         tmp = final.parent / f".{head}{tail}"
         try:
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK))

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -158,7 +159,14 @@ def _zip_members(name: str, file: Path | IO[bytes], limits: ArchiveConfig) -> It
                 yield Rejected(shown, reason)
                 continue
             total += info.file_size
-            data = _read_bounded(lambda info=info: archive.open(info), limits.max_member_bytes)
+            try:
+                data = _read_bounded(lambda info=info: archive.open(info), limits.max_member_bytes)
+            except (RuntimeError, NotImplementedError, zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+                # encrypted (RuntimeError), a method Python can't read such as Deflate64
+                # (NotImplementedError), a bad CRC or a damaged stream: this member; the next is
+                # found by the central directory, so the run goes on to it
+                yield Rejected(shown, "unreadable member", f"{type(e).__name__}: {e}")
+                continue
             yield _member(shown, data)
 
 
@@ -172,8 +180,10 @@ def _tar_members(name: str, file: Path | IO[bytes], limits: ArchiveConfig) -> It
         packed_bytes = file.seek(0, io.SEEK_END)
         file.seek(0)
         archive = tarfile.open(fileobj=file, mode="r:*")
+    last = None
     with archive:
         for count, member in enumerate(archive):
+            last = member.name
             shown = readable(f"{name}!{member.name}")
             if count >= limits.max_members:
                 yield Rejected(name, "archive limit", f"more than {limits.max_members} members")
@@ -193,6 +203,26 @@ def _tar_members(name: str, file: Path | IO[bytes], limits: ArchiveConfig) -> It
             total += member.size
             data = _read_bounded(lambda member=member: archive.extractfile(member), limits.max_member_bytes)
             yield _member(shown, data)
+        damage = _unread_rest(archive)
+    if damage:  # tarfile stops at a damaged header as if the archive ended there
+        after = f"after {readable(last)}" if last else "from its start"
+        yield Rejected(
+            name,
+            "bad archive",
+            f"damaged {after}: any members after it were not read, and those read may be damaged ({damage})",
+        )
+
+
+def _unread_rest(archive: tarfile.TarFile) -> str | None:
+    """Why the stream after tarfile's last member is not the archive's end (zero blocks up to EOF,
+    and for gzip a stream whose CRC checks out), or None when it is."""
+    try:
+        while chunk := archive.fileobj.read(1 << 20):
+            if chunk.strip(b"\0"):
+                return "data after the last header that could be read"
+    except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _size_reason(size: int, compressed: int | None, total: int, limits: ArchiveConfig) -> str | None:
