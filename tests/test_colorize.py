@@ -707,3 +707,12 @@ def test_a_reader_that_stops_early_or_a_closed_stderr_is_not_a_crash(tmp_path):
         timeout=300,
     )
     assert closed.returncode == 0 and (tmp_path / "out" / "p000.jpg").is_file()
+
+
+def test_a_fifo_as_src_is_refused_at_once(tmp_path, model_dir):
+    fifo = tmp_path / "scan.jpg"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(UserError, match="not a regular file"):
+        run(fifo, tmp_path / "dst", model_dir)
+    assert time.monotonic() - started < 5

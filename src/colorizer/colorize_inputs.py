@@ -127,6 +127,9 @@ def check_paths(src: Location, dst: Location, probe: bool = True) -> None:
     ):
         # SRC inside DST would read back outputs as inputs; DST inside SRC, the next run would.
         raise UserError(f"SRC {src} and DST {dst} overlap: choose a DST outside SRC (and SRC outside DST)")
+    if kind == "photo" and isinstance(src, Path) and src.exists() and not src.is_file():
+        # a FIFO or a device would block the reader until someone writes to it, past any SIGTERM
+        raise UserError(f"{src}: not a regular file (a FIFO, device or socket): SRC must be a file, folder or archive")
     if kind == "photo" and not _is_image_name(storage.name_of(src)):
         raise UserError(f"{src}: SRC must be a folder, a .zip/.tar/.tar.gz archive or an image file")
     if not probe:
