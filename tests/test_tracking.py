@@ -273,6 +273,25 @@ def test_a_damaged_store_is_one_line(tiny_shards, tmp_path, mlflow_store):
         run_train(tiny_params(epochs=1), tiny_shards, tmp_path / "out")
 
 
+def test_a_locked_store_is_called_locked_not_damaged(tmp_path, mlflow_store):
+    import sqlite3
+
+    from colorizer.config import UserError
+
+    with tracking.training_run({"model": {"x": 1}}, "fingerprint", resume=False):
+        pass  # the store exists, with MLflow's tables
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process in the middle of a long write
+    try:
+        with pytest.raises(
+            UserError, match=r"mlflow.db: the MLflow store is locked by another process .*nothing is damaged"
+        ):
+            tracking.check_store(tmp_path / "mlflow.db")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
 def test_a_sigterm_in_the_middle_of_an_mlflow_write_still_ends_the_run_killed(mlflow_store):
     """SIGTERM (a cluster's time limit, a killed `dvc repro`) delivered while SQLite executes one of
     MLflow's writes takes effect once the write is done, and the run ends KILLED. Raised as SQLite

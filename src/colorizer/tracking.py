@@ -148,6 +148,13 @@ def check_store(db_path: Path) -> None:
         with closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
             db.execute("PRAGMA schema_version").fetchone()
             problem = db.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):  # another process writes: nothing is wrong with the file
+            raise UserError(
+                f"{db_path}: the MLflow store is locked by another process ({e}); wait for it to finish, "
+                "then rerun (nothing is damaged)"
+            ) from None
+        problem = str(e)
     except sqlite3.DatabaseError as e:
         problem = str(e)
     if problem != "ok":
