@@ -716,3 +716,10 @@ def test_a_fifo_as_src_is_refused_at_once(tmp_path, model_dir):
     with pytest.raises(UserError, match="not a regular file"):
         run(fifo, tmp_path / "dst", model_dir)
     assert time.monotonic() - started < 5
+
+
+def test_a_folder_where_the_report_goes_is_said_plainly(tmp_path, model_dir):
+    (tmp_path / "dst" / REPORT_NAME).mkdir(parents=True)
+    (tmp_path / "src").mkdir()
+    with pytest.raises(UserError, match="is a folder, where colorize writes its report; move it away"):
+        run(tmp_path / "src", tmp_path / "dst", model_dir)

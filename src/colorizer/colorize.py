@@ -90,6 +90,9 @@ def colorize(
     options = options or ColorizeOptions()
     src, dst = storage.location(src), storage.location(dst)
     check_paths(src, dst)
+    report = storage.join(dst, REPORT_NAME)
+    if isinstance(report, Path) and report.exists() and not report.is_file():
+        raise UserError(f"{report}: is a folder, where colorize writes its report; move it away and rerun")
     with dst_lock(dst):
         if options.engine == "ray":
             from colorizer.colorize_ray import colorize_with_ray  # an extra: imported only when asked for
