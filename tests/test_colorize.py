@@ -139,6 +139,8 @@ def test_quiet_shows_only_problems_and_verbose_adds_detail(tmp_path, model_dir, 
     assert "colorize: 1 done, 0 skipped, 0 failed" in normal and "img/s" in normal  # summary and bar
     assert main([*args[:2], str(tmp_path / "d2"), *args[2:], "-q"]) == 0
     assert capsys.readouterr().err == ""
+    assert main(["-q", *args[:2], str(tmp_path / "d2-before"), *args[2:]]) == 0  # before the command too
+    assert capsys.readouterr().err == ""
     assert main([*args[:2], str(tmp_path / "d3"), *args[2:], "-v"]) == 0
     verbose = capsys.readouterr().err
     assert "DEBUG colorizer.colorize: colorize: model at 32 px on cpu" in verbose and "1 done" in verbose

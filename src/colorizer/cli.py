@@ -249,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="colorizer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"colorizer {__version__}")
+    # -v/-q before the command too (`colorizer -q colorize ...`), as after it
+    parser.add_argument("-v", "--verbose", action="count", default=0, dest="verbose_before", help=argparse.SUPPRESS)
+    parser.add_argument("-q", "--quiet", action="count", default=0, dest="quiet_before", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, needs_params) in COMMANDS.items():
         child = sub.add_parser(name, help=help_text, description=help_text)
@@ -263,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     setup_process()  # before any command imports torch
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose - args.quiet)
+    setup_logging(args.verbose + args.verbose_before - args.quiet - args.quiet_before)
 
     def work() -> int | None:
         from colorizer.config import Params, load_params

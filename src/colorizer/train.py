@@ -168,7 +168,7 @@ def initial_weights(generator: Generator, init: str, image_size: int) -> None:
         return
     model_dir = PRETRAINED_DIR if init == "shipped" else Path(init)
     try:
-        source, info = load_generator(model_dir)
+        source, _ = load_generator(model_dir)
     except CheckpointError as e:
         raise ConfigError(f"params.yaml: train.init: {e}") from None
     if (source.widths, source.image_size) != (generator.widths, generator.image_size):
