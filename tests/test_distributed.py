@@ -97,7 +97,7 @@ def test_two_ranks_resume_to_the_same_history_with_one_mlflow_run(tiny_shards, t
     runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
     assert len(runs) == 2  # one per training (straight; resumed, continued), never one per rank
     for run in runs:
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/g_l1")] == [1, 2]
         assert run.data.params["train.nproc_per_node"] == "1"  # the params file's; the ranks came from torchrun
 
 

@@ -67,5 +67,5 @@ def test_evaluation_is_logged_once_into_the_run_that_trained_the_model(tiny_shar
             TrainConfig(precision="fp32"),
             *(tmp_path / "model", tiny_shards, tmp_path / "evaluate.json", tmp_path / "per_image.csv"),
         )
-    history = MlflowClient(mlflow_store).get_metric_history(run_id, "eval_test_model_l1")
+    history = MlflowClient(mlflow_store).get_metric_history(run_id, "eval/test/all/l1")
     assert len(history) == 1

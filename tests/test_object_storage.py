@@ -104,4 +104,4 @@ def test_an_mlflow_server_keeps_the_runs_artifacts_in_the_bucket(tiny_shards, tm
     [weights] = [data for name, data in stored.items() if name.endswith("generator.safetensors")]
     assert weights[:8] != b"\0" * 8 and len(weights) > 1000
     assert not (tmp_path / "server-artifacts").exists() and run.info.status == "FINISHED"
-    assert np.isfinite(run.data.metrics["val_g_l1"])
+    assert np.isfinite(run.data.metrics["val/g_l1"])

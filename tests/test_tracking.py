@@ -208,7 +208,7 @@ def test_a_server_that_stops_mid_training_is_one_line_and_the_rerun_continues_it
         # fewer epochs than the stopped training's params: a run of its own, continuing that one's history
         assert run.info.status == "FINISHED" and run.data.tags["continued_from"] == stopped.info.run_id
         assert stopped.info.status == "KILLED"  # its trainer is gone: closed by the next training
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/g_l1")]
         assert steps == list(range(1, kept + 2))
     finally:
         stop_server(server)
@@ -223,7 +223,7 @@ def test_training_logs_through_a_real_mlflow_server(tiny_shards, tmp_path, mlflo
     client = MlflowClient(mlflow_server)
     [run] = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["val_g_l1"] == pytest.approx(final["val_g_l1"])
+    assert run.data.metrics["val/g_l1"] == pytest.approx(final["val_g_l1"])
     assert "system/cpu_utilization_percentage" in run.data.metrics  # system metrics are on
     assert (tmp_path / "server-artifacts").is_dir() and not (tmp_path / "mlflow.db").exists()
 

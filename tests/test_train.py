@@ -76,8 +76,8 @@ def test_train_writes_model_plots_samples_and_mlflow_run(tiny_shards, tmp_path, 
     assert run.info.status == "FINISHED" and run.data.tags["model_sha256"] == info["model_sha256"]
     assert run.data.params["train.lr"] == "0.0002" and run.data.params["model.width_multiplier"] == "1.0"
     assert "train_images_per_second" not in final and "train_images_per_second" not in plots
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_images_per_second")] == [1, 2]
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/images_per_second")] == [1, 2]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/g_l1")] == [1, 2]
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
     assert sorted(p.split("+")[2] for p in images if p.startswith("images/samples+step+")) == ["1", "2"]
 
@@ -98,10 +98,10 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_shards, tmp_path, mlflow_
     one_epoch, resumed_run = runs[1], runs[2]
     assert resumed_run.data.tags[tracking.CONTINUED_FROM_TAG] == one_epoch.info.run_id
     assert tracking.CONTINUED_FROM_TAG not in one_epoch.data.tags
-    history = client.get_metric_history(resumed_run.info.run_id, "train_g_l1")
+    history = client.get_metric_history(resumed_run.info.run_id, "train/g_l1")
     assert [m.step for m in history] == [1, 2, 3]  # epoch 1 copied from the run it continued
-    assert history[0].value == client.get_metric_history(one_epoch.info.run_id, "train_g_l1")[0].value
-    assert [m.step for m in client.get_metric_history(one_epoch.info.run_id, "train_g_l1")] == [1]
+    assert history[0].value == client.get_metric_history(one_epoch.info.run_id, "train/g_l1")[0].value
+    assert [m.step for m in client.get_metric_history(one_epoch.info.run_id, "train/g_l1")] == [1]
 
 
 def test_other_params_start_over(tiny_shards, tmp_path, mlflow_store, caplog):
@@ -268,7 +268,7 @@ def test_sigterm_marks_killed_and_a_rerun_resumes(tiny_shards, tmp_path, mlflow_
     assert process.returncode == 130 and "resuming from" in stderr, stderr
     state = load_checkpoint(checkpoint)
     assert run_of(state) == killed_run and len(client.search_runs([client.get_run(killed_run).info.experiment_id])) == 1
-    assert [m.step for m in client.get_metric_history(killed_run, "train_g_l1")] == list(range(1, state["epoch"] + 1))
+    assert [m.step for m in client.get_metric_history(killed_run, "train/g_l1")] == list(range(1, state["epoch"] + 1))
 
     # rerun with fewer epochs: other params, so a run of its own that continues the killed one
     params["train"]["epochs"] = state["epoch"] + 1
@@ -281,7 +281,7 @@ def test_sigterm_marks_killed_and_a_rerun_resumes(tiny_shards, tmp_path, mlflow_
     assert run.data.params["train.epochs"] == str(state["epoch"] + 1)
     assert client.get_run(killed_run).info.status == "KILLED"
     assert len(pd.read_csv(tmp_path / "plots.csv")) == state["epoch"] + 1
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_g_l1")] == list(
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/g_l1")] == list(
         range(1, state["epoch"] + 2)
     )
 

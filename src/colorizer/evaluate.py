@@ -140,8 +140,7 @@ def evaluate(
     atomic_write_json(metrics_path, {"test": headline(summary)["test"]} if "test" in summary else {})
     run_id = tracking.run_of_model(info["model_sha256"])
     if run_id and not tracking.evaluated_already(run_id, info["model_sha256"]):  # once per model
-        flat = {f"eval_{k.replace('.', '_')}": v for k, v in tracking.flatten(summary).items()}
-        tracking.log_metrics({k: v for k, v in flat.items() if isinstance(v, float)}, run_id=run_id)
+        tracking.log_metrics(mlflow_metrics(summary), run_id=run_id)
         tracking.log_artifact(per_image_path, "evaluation", run_id=run_id)
         tracking.set_tags({tracking.EVALUATED_TAG: info["model_sha256"]}, run_id=run_id)
     return summary
@@ -166,6 +165,22 @@ def headline(summary: dict) -> dict:
             ratio = round(model["colourfulness_gap"] / grey["colourfulness_gap"], 4)
         figures[split] = {"hue": model["hue_agreement"], "psnr_gain": gain, "cf_ratio": ratio}
     return figures
+
+
+def mlflow_metrics(summary: dict) -> dict[str, float]:
+    """What evaluate logs into the training's run: the model's means as `eval/<split>/<images>/<metric>`
+    (images: all, photo or cutout) and the headline's `eval/<split>/psnr_gain` and `cf_ratio`; the
+    grey baseline's are not logged (they depend on the data alone: see work/evaluate/summary.json)."""
+    metrics = {}
+    for split, of_split in summary.items():
+        for images, figures in (("all", of_split), *((kind, of_split[kind]) for kind in KINDS if kind in of_split)):
+            for name, value in figures["model"].items():
+                if value is not None:
+                    metrics[f"eval/{split}/{images}/{name}"] = value
+        for name in ("psnr_gain", "cf_ratio"):
+            if headline(summary)[split][name] is not None:
+                metrics[f"eval/{split}/{name}"] = headline(summary)[split][name]
+    return metrics
 
 
 def describe(summary: dict) -> str:

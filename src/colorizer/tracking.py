@@ -333,7 +333,7 @@ def _unfinished_run_at(key: str, epoch: int) -> str | None:
         order_by=["attributes.start_time DESC"],
         output_format="list",
     ):
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_g_l1")]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/g_l1")]
         if max(steps, default=0) == epoch:
             return run.info.run_id
     return None
@@ -397,6 +397,13 @@ def _signals_after_mlflow() -> Iterator[None]:
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         if caught:
             os.kill(os.getpid(), caught[0])  # again, to the process's own handler: KeyboardInterrupt here
+
+
+def sectioned(key: str) -> str:
+    """A per-epoch metric's MLflow name, its split as a section the UI groups by: `train_g_l1` ->
+    `train/g_l1`, `val_hue_agreement` -> `val/hue_agreement` (plots/train.csv keeps the flat names)."""
+    split, _, name = key.partition("_")
+    return f"{split}/{name}" if split in ("train", "val") and name else key
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None, run_id: str | None = None) -> None:

@@ -562,7 +562,8 @@ def end_epoch(
     grid = out.state_dir / "samples" / f"epoch_{epoch:03d}.png"
     write_samples(gan, val_set, cfg.sample_count, params.seed + epoch, grid)
     speed = {"train_images_per_second": images_per_second}  # run-specific: MLflow and the console only
-    tracking.log_metrics({k: v for k, v in (row | speed).items() if k != "epoch" and np.isfinite(v)}, epoch)
+    logged = {tracking.sectioned(k): v for k, v in (row | speed).items() if k != "epoch" and np.isfinite(v)}
+    tracking.log_metrics(logged, epoch)
     tracking.log_image(grid, "samples", epoch)
     shown = ", ".join(f"{k}={v:.4g}" for k, v in (row | speed).items() if k != "epoch")
     log.info("epoch %d: %s", epoch, shown)

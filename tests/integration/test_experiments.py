@@ -61,7 +61,7 @@ def test_make_run_trains_evaluates_and_tracks(pipeline_repo):
     assert dvc.api.artifacts_show("colorizer", repo=str(root))["path"] == "work/model"
     [mlflow_run] = mlflow_runs(root)
     assert mlflow_run.info.status == "FINISHED"
-    assert "eval_val_model_l1" in mlflow_run.data.metrics and "val_g_l1" in mlflow_run.data.metrics
+    assert "eval/val/all/l1" in mlflow_run.data.metrics and "val/g_l1" in mlflow_run.data.metrics
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     [version] = client.search_model_versions("name='colorizer'")  # the trained model, registered
     assert version.run_id == mlflow_run.info.run_id
@@ -189,10 +189,10 @@ def test_an_experiment_that_resumes_another_is_a_run_of_its_own(pipeline_repo):
     assert quick.info.run_name == "quick" and quick5.info.run_name == "quick5"
     assert quick5.data.tags["continued_from"] == quick.info.run_id
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    assert [m.step for m in client.get_metric_history(quick.info.run_id, "val_g_l1")] == [1, 2, 3]
-    assert [m.step for m in client.get_metric_history(quick5.info.run_id, "val_g_l1")] == [1, 2, 3, 4, 5]
+    assert [m.step for m in client.get_metric_history(quick.info.run_id, "val/g_l1")] == [1, 2, 3]
+    assert [m.step for m in client.get_metric_history(quick5.info.run_id, "val/g_l1")] == [1, 2, 3, 4, 5]
     for experiment in (quick, quick5):  # evaluation logged once, into its own run
-        assert len(client.get_metric_history(experiment.info.run_id, "eval_test_model_l1")) == 1
+        assert len(client.get_metric_history(experiment.info.run_id, "eval/test/all/l1")) == 1
     versions = {v.run_id: v for v in client.search_model_versions("name='colorizer'")}
     for experiment in (quick, quick5):
         version = versions[experiment.info.run_id]
