@@ -94,10 +94,12 @@ def test_two_ranks_resume_to_the_same_history_with_one_mlflow_run(tiny_shards, t
     assert load_generator(resumed / "model")[1]["model_sha256"] == load_generator(straight / "model")[1]["model_sha256"]
 
     client = MlflowClient(mlflow_store)
-    runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
-    assert len(runs) == 2  # one per training (straight; resumed, continued), never one per rank
-    for run in runs:
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/g_l1")] == [1, 2]
+    runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id], order_by=["start_time"])
+    # one per training (straight; resumed's first epoch; its continuation with 2 epochs), never one per rank
+    assert [run.data.params["train.epochs"] for run in runs] == ["2", "1", "2"]
+    assert runs[2].data.tags["continued_from"] == runs[1].info.run_id
+    for run, epochs in zip(runs, ([1, 2], [1], [1, 2]), strict=True):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val/g_l1")] == epochs
         assert run.data.params["train.nproc_per_node"] == "1"  # the params file's; the ranks came from torchrun
 
 
