@@ -141,5 +141,10 @@ def test_sigterm_to_a_two_rank_run_keeps_its_checkpoint_and_the_rerun_resumes_it
     shorter = write_params(tmp_path / "short.yaml", epochs=kept + 1)
     done = torchrun(2, *train_command(shorter, tmp_path / "run"), "--shards", str(tiny_shards), env=environment)
     assert f"resuming from {checkpoint} after epoch {kept}" in done.stderr
-    [resumed] = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
-    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    # fewer epochs than the killed training's: other params, so a run of its own that continues it
+    killed_again, resumed = client.search_runs(
+        [client.get_experiment_by_name("colorizer").experiment_id], order_by=["start_time"]
+    )
+    assert killed_again.info.run_id == killed.info.run_id and killed_again.info.status == "KILLED"
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["continued_from"] == killed.info.run_id
+    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "val/g_l1")] == list(range(1, kept + 2))

@@ -72,9 +72,10 @@ def open_image(data: bytes, max_pixels: int, formats: tuple[str, ...] = FORMATS)
     """Open (lazily) with the format allow-list and a pixel cap checked before any decoding."""
     if not data:
         raise RejectedImage("empty file")
-    # Pillow's own bomb check, set from our cap (its default warns at 89.5 MP, below the caps we
-    # document): its warning, raised as an error, then fires exactly above max_pixels
-    Image.MAX_IMAGE_PIXELS = max_pixels
+    # Our cap replaces Pillow's own bomb check (it warns at 89.5 MP and refuses at 179 MP, below the
+    # caps we document): the size is checked below, from the header, before any decoding. Turned
+    # off, never lowered, so that threads decoding with other caps can't race on Pillow's global.
+    Image.MAX_IMAGE_PIXELS = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
