@@ -59,11 +59,13 @@ def test_killing_dvc_stops_its_trainer_and_the_next_repro_resumes(tmp_path):
     assert killed.info.status == "KILLED"  # closed by the trainer itself on its way out
     epochs_done = len(list((state / "samples").glob("epoch_*.png")))
     assert 1 <= epochs_done < 10
-    # fewer epochs: the same training, resumed (the epoch count is not part of its fingerprint)
+    # fewer epochs: the checkpoint is resumed (the epoch count is not part of its fingerprint), in an
+    # MLflow run of its own (its params differ) that continues the killed one
     set_params(root, train={"epochs": 10})
     resumed = run(root, "dvc", "repro", "train")
     assert "resuming from" in resumed.stderr + resumed.stdout
-    runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
-    assert [r.info.run_id for r in runs] == [killed.info.run_id]  # the same run, continued
-    assert client.get_run(killed.info.run_id).info.status == "FINISHED"
+    runs = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id], order_by=["start_time"])
+    assert [r.info.run_id for r in runs][0] == killed.info.run_id and len(runs) == 2
+    assert runs[1].info.status == "FINISHED" and runs[1].data.tags["continued_from"] == killed.info.run_id
+    assert client.get_run(killed.info.run_id).info.status == "KILLED"
     assert os.path.getsize(root / "metrics" / "train.json") > 0
