@@ -47,12 +47,11 @@ run: $(STAMP)
 corpus: $(STAMP)
 	$(BIN)/colorizer corpus
 
-# The recipe behind the shipped model (src/colorizer/pretrained): the corpus at 128 px with a fifth
-# of its photographs for validation and a fifth for test, half-width networks, twelve epochs of the
-# L1 term with an EMA of the weights and pix2pix's linear decay over the last six; chosen on the
-# validation photos among the experiments in its MODEL_CARD.md by the rule written there. An
-# experiment, so the default params.yaml stays the quick bundled-samples run. It reads corpus/, so
-# it runs in the workspace (a --temp copy has no corpus).
+# The recipe behind the shipped model (src/colorizer/pretrained, MODEL_CARD.md): the corpus at 128 px
+# with a fifth of its photographs for validation and a fifth for test, half-width networks, twelve
+# epochs of the L1 term with an EMA of the weights and pix2pix's linear decay over the last six.
+# An experiment, so the default params.yaml stays the quick bundled-samples run. It reads corpus/,
+# so it runs in the workspace (a --temp copy has no corpus).
 PRETRAINED := -S 'fetch.sources=[samples,corpus]' -S fetch.min_side=96 -S fetch.split.photo_val=0.2 \
 	-S fetch.split.photo_test=0.2 -S augment.image_size=128 -S augment.copies_per_image=96 \
 	-S augment.copies_per_cutout=24 -S model.width_multiplier=0.5 -S train.batch_size=16 -S train.epochs=12 \

@@ -129,8 +129,8 @@ def test_exp_run_and_exp_show_side_by_side(pipeline_repo):
     assert max(len(line) for line in table.splitlines()) <= 160, table
     metrics_lines = run(root, "dvc", "metrics", "show").stdout.splitlines()
     assert max(len(line) for line in metrics_lines) < 200, metrics_lines
-    epochs = [json.loads(json.dumps(node)) for node in _walk(shown) if isinstance(node, dict) and "epoch" in node]
-    assert {1, 2} <= {node["epoch"] for node in epochs}  # the baseline's 2 epochs and the experiment's 1
+    trainings = [node for node in _walk(shown) if isinstance(node, dict) and "epochs" in node]
+    assert {1, 2} <= {node["epochs"] for node in trainings}  # the baseline's 2 epochs and the experiment's 1
     rendered = run(root, "dvc", "plots", "show", "--json").stdout
     assert "train_g_l1" in rendered
     # the image plots of the baseline and the experiment, side by side
