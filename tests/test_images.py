@@ -255,3 +255,33 @@ def test_pillows_bomb_check_follows_our_cap():
     assert open_image(big, 250_000_000).size == (10_000, 9_000)
     with pytest.raises(RejectedImage, match="decompression bomb"):
         open_image(big, 80_000_000)
+
+
+def _camera_jpeg(extra_tags: dict | None = None) -> bytes:
+    """A JPEG with a camera's EXIF: IFD0 tags, an Exif sub-IFD and a GPS sub-IFD."""
+    exif = Image.Exif()
+    exif[0x010F] = "Camera maker"
+    exif.get_ifd(0x8769)[0x9003] = "2020:01:01 10:00:00"  # DateTimeOriginal
+    exif.get_ifd(0x8825)[1] = "N"  # GPSLatitudeRef
+    exif.update(extra_tags or {})
+    return encode(Image.fromarray(colourful(40, 30)), "JPEG", exif=exif.tobytes())
+
+
+def test_a_camera_jpeg_written_as_tiff_keeps_its_exif_but_the_sub_ifds():
+    """Pillow's TIFF writer refuses EXIF sub-IFDs ('Error setting from dictionary'): written without
+    them rather than failed; other formats keep them."""
+    decoded = decode(_camera_jpeg(), 10_000_000)
+    for fmt, keeps_sub_ifds in (("TIFF", False), ("JPEG", True), ("PNG", True)):
+        written = Image.open(io.BytesIO(encode_colorized(decoded.rgb.copy(), fmt, 90, decoded, "by colorizer")))
+        exif = written.getexif()
+        assert exif[0x010F] == "Camera maker" and exif[0x010E] == "by colorizer", fmt
+        assert (exif.get_ifd(0x8769).get(0x9003) == "2020:01:01 10:00:00") == keeps_sub_ifds, fmt
+
+
+def test_a_legal_exif_near_64_kb_is_kept_over_our_description():
+    """JPEG holds 64 KB of EXIF: where our provenance pushes a legal EXIF over, the photo's own is kept."""
+    comment = ("x" * 32_690).encode("utf-16le")  # XPComment: 65,380 bytes, the whole EXIF just under 64 KB
+    data = _camera_jpeg({0x9C9C: comment})
+    decoded = decode(data, 10_000_000)
+    written = Image.open(io.BytesIO(encode_colorized(decoded.rgb.copy(), "JPEG", 90, decoded, "by colorizer " * 40)))
+    assert written.getexif()[0x9C9C] == comment and written.getexif()[0x010F] == "Camera maker"

@@ -11,6 +11,7 @@ import io
 import os
 import typing
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error
@@ -289,16 +290,7 @@ def encode_colorized(rgb: np.ndarray, fmt: str, quality: int, source: DecodedIma
     image = Image.fromarray(rgb)
     if source.alpha is not None and fmt in _ALPHA_FORMATS:
         image.putalpha(Image.fromarray(source.alpha))
-    exif = Image.Exif()
-    if source.exif:
-        try:
-            exif.load(source.exif)
-        except (SyntaxError, ValueError, OSError, struct_error):
-            pass  # unreadable EXIF is not worth losing the photo over
-    exif[_EXIF_ORIENTATION] = 1  # the pixels are already upright
-    exif[_EXIF_SOFTWARE] = "colorizer"
-    exif[_EXIF_DESCRIPTION] = description
-    options: dict = {"exif": exif.tobytes()}
+    options: dict = {}
     if source.icc_profile and source.icc_profile[16:20] == b"RGB ":  # a grey profile can't describe RGB output
         options["icc_profile"] = source.icc_profile
     if fmt == "PNG":
@@ -314,6 +306,52 @@ def encode_colorized(rgb: np.ndarray, fmt: str, quality: int, source: DecodedIma
         image, options = image.convert("RGB").quantize(256), {}
     elif fmt == "BMP":
         options = {}
+    if fmt in ("GIF", "BMP"):  # no EXIF
+        return _encoded(image, fmt, options)
+    failure: Exception | None = None
+    for candidate in _exif_candidates(source.exif, description, sub_ifds=fmt != "TIFF"):
+        try:
+            return _encoded(image, fmt, options | {"exif": candidate.tobytes()})
+        except (RuntimeError, ValueError, OSError, struct_error) as e:  # as the encoder words it
+            failure = e
+    raise failure
+
+
+def _exif_candidates(source: bytes | None, description: str, sub_ifds: bool = True) -> Iterator[Image.Exif]:
+    """The EXIF to write, fullest first: the source's with our provenance (Software, ImageDescription);
+    then without its sub-IFDs (Exif, GPS, interoperability: Pillow's TIFF writer refuses them, 'Error
+    setting from dictionary', so for TIFF `sub_ifds=False` starts here); then the source's without
+    ours, where our description pushes a legal EXIF over JPEG's 64 KB; then ours alone. Orientation
+    is 1 in each: the pixels are upright."""
+
+    def loaded(provenance: bool, sub_ifds: bool = True) -> Image.Exif:
+        exif = Image.Exif()
+        if source:
+            try:
+                exif.load(source)
+            except (SyntaxError, ValueError, OSError, struct_error):
+                pass  # unreadable EXIF is not worth losing the photo over
+        for pointer in () if sub_ifds else _SUB_IFD_POINTERS:
+            exif.pop(pointer, None)
+        exif[_EXIF_ORIENTATION] = 1
+        if provenance:
+            exif[_EXIF_SOFTWARE] = "colorizer"
+            exif[_EXIF_DESCRIPTION] = description
+        return exif
+
+    if sub_ifds:
+        yield loaded(provenance=True)
+    yield loaded(provenance=True, sub_ifds=False)
+    yield loaded(provenance=False, sub_ifds=sub_ifds)
+    minimal = Image.Exif()
+    minimal.update({_EXIF_ORIENTATION: 1, _EXIF_SOFTWARE: "colorizer", _EXIF_DESCRIPTION: description})
+    yield minimal
+
+
+_SUB_IFD_POINTERS = {0x8769, 0x8825, 0xA005}  # Exif, GPS and interoperability IFDs
+
+
+def _encoded(image: Image.Image, fmt: str, options: dict) -> bytes:
     with _encoding_buffer() as buffer:
         image.save(buffer, format=fmt, **options)
         buffer.seek(0)
