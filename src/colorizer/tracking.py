@@ -10,7 +10,9 @@ sha256 (a tag), so nothing run-specific has to live in the DVC-tracked model.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import logging
 import os
 import signal
@@ -269,9 +271,6 @@ def _alive(pid: int) -> bool:
 def run_key(params: dict[str, Any], fingerprint: str) -> str:
     """What makes two trainings one MLflow run: the same checkpoint lineage (fingerprint), the same
     params, every one (MLflow's params can't change), and the same DVC experiment."""
-    import hashlib
-    import json
-
     payload = {"fingerprint": fingerprint, "params": params, "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -361,8 +360,8 @@ def _copy_history(source_run: str, target_run: str, up_to_step: int) -> None:
 
 
 def _leave_run_open() -> None:
-    """The server is gone, so the run can't be closed: the resumed training continues it (it is found
-    by its fingerprint). MLflow still tries to end it at exit: make that attempt fail at once instead
+    """The server is gone, so the run can't be closed: the same training rerun continues it (it is
+    found by its run key). MLflow still tries to end it at exit: make that attempt fail at once instead
     of retrying for minutes."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
