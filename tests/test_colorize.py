@@ -725,3 +725,24 @@ def test_a_folder_where_the_report_goes_is_said_plainly(tmp_path, model_dir):
     (tmp_path / "src").mkdir()
     with pytest.raises(UserError, match="is a folder, where colorize writes its report; move it away"):
         run(tmp_path / "src", tmp_path / "dst", model_dir)
+
+
+def test_an_input_whose_output_a_link_in_dst_would_lead_out_is_a_failed_row(tmp_path, model_dir):
+    """DST/sub is a link to a folder outside DST: nothing is written there, and sub/x.jpg still has
+    its row (failed, with the reason), in the report and in --dry-run."""
+    src, dst, outside = tmp_path / "src", tmp_path / "dst", tmp_path / "outside"
+    (src / "sub").mkdir(parents=True)
+    outside.mkdir()
+    dst.mkdir()
+    (dst / "sub").symlink_to(outside)
+    for name in ("a.jpg", "sub/x.jpg"):
+        (src / name).write_bytes(encode(Image.fromarray(grey(40, 30)), "JPEG"))
+    from colorizer.colorize import dry_run
+
+    planned = {relative: (action, detail) for action, relative, detail in dry_run(src, dst, ColorizeOptions())}
+    assert planned["sub/x.jpg"][0] == "fail" and "outside DST" in planned["sub/x.jpg"][1]
+    run(src, dst, model_dir)
+    rows = report(dst)
+    assert rows.loc["a.jpg", "status"] == "done"
+    assert rows.loc["sub/x.jpg", "status"] == "failed" and "link in DST leads out" in rows.loc["sub/x.jpg", "reason"]
+    assert not list(outside.iterdir())

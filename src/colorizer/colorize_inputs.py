@@ -27,6 +27,10 @@ ARCHIVE_LIMITS = ArchiveConfig(
 )
 
 
+# an input whose output path would leave DST (a link inside DST that leads out): never written there
+OUTSIDE_DST = "output outside DST: a symbolic link in DST leads out of it"
+
+
 def output_target(dst: Location, relative: str, fmt_option: str | None) -> tuple[Location, str, str] | None:
     """Where an input's output goes (its location, and its path relative to DST) and in which
     format; None if its name is not an image's."""
@@ -79,6 +83,8 @@ def enumerate_inputs(src: Location, dst: Location, fmt_option: str | None) -> It
         placed = output_target(dst, name, fmt_option)
         if placed:
             yield name, placed[2], Job(0, name, placed[0], placed[1], source_file=src)
+        elif _is_image_name(name):
+            yield name, "", Outcome("failed", OUTSIDE_DST)
         return
     if kind == "archive":
         with storage.open_for_reading(src) as opened:
@@ -90,6 +96,8 @@ def enumerate_inputs(src: Location, dst: Location, fmt_option: str | None) -> It
                 placed = output_target(dst, member, fmt_option)
                 if placed:
                     yield member, placed[2], Job(0, member, placed[0], placed[1], data=item.read())
+                elif _is_image_name(member):
+                    yield member, "", Outcome("failed", OUTSIDE_DST)
         return
     for relative, where, is_link in storage.files_under(src):  # check_paths made sure DST is not inside SRC
         if not _is_image_name(relative):
@@ -100,6 +108,8 @@ def enumerate_inputs(src: Location, dst: Location, fmt_option: str | None) -> It
         placed = output_target(dst, relative, fmt_option)
         if placed:
             yield relative, placed[2], Job(0, relative, placed[0], placed[1], source_file=where)
+        else:
+            yield relative, "", Outcome("failed", OUTSIDE_DST)
 
 
 def _is_image_name(name: str) -> bool:
