@@ -55,7 +55,9 @@ def score(originals: dict[str, np.ndarray], colorized_dir: Path) -> dict:
         "photos": len(frame),
         "hue_agreement": round(float(np.nanmean(frame.hue_agreement)), 4),
         "psnr_gain": round(float(frame.psnr_gain.mean()), 3),
-        "colourfulness_gap_ratio": round(float(frame.colourfulness_gap.mean() / frame.colourfulness_gap_grey.mean()), 4),  # noqa: E501
+        "colourfulness_gap_ratio": round(
+            float(frame.colourfulness_gap.mean() / frame.colourfulness_gap_grey.mean()), 4
+        ),  # noqa: E501
         "per_photo": {name: {k: round(v, 4) for k, v in row.items()} for name, row in rows.items()},
     }
 
