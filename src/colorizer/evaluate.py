@@ -171,15 +171,15 @@ def mlflow_metrics(summary: dict) -> dict[str, float]:
     """What evaluate logs into the training's run: the model's means as `eval/<split>/<images>/<metric>`
     (images: all, photo or cutout) and the headline's `eval/<split>/psnr_gain` and `cf_ratio`; the
     grey baseline's are not logged (they depend on the data alone: see work/evaluate/summary.json)."""
-    metrics = {}
+    metrics, headlines = {}, headline(summary)
     for split, of_split in summary.items():
         for images, figures in (("all", of_split), *((kind, of_split[kind]) for kind in KINDS if kind in of_split)):
             for name, value in figures["model"].items():
                 if value is not None:
                     metrics[f"eval/{split}/{images}/{name}"] = value
         for name in ("psnr_gain", "cf_ratio"):
-            if headline(summary)[split][name] is not None:
-                metrics[f"eval/{split}/{name}"] = headline(summary)[split][name]
+            if headlines[split][name] is not None:
+                metrics[f"eval/{split}/{name}"] = headlines[split][name]
     return metrics
 
 

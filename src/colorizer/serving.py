@@ -82,16 +82,15 @@ def log_model(model_dir: Path, registered_model_name: str | None = REGISTERED_MO
 
 def _tag_version(name: str, version: str, model_dir: Path) -> None:
     """What the registry shows beside a version: which model bytes and which DVC experiment."""
-    import json
-    import os
-
     from mlflow.tracking import MlflowClient
 
+    from colorizer.checkpoints import read_model_info
+    from colorizer.tracking import MODEL_SHA256_TAG, run_tags
+
     client = MlflowClient()
-    model_sha256 = json.loads((Path(model_dir) / "model.json").read_text())["model_sha256"]
-    client.set_model_version_tag(name, version, "model_sha256", model_sha256)
-    if os.environ.get("DVC_EXP_NAME"):
-        client.set_model_version_tag(name, version, "dvc_exp_name", os.environ["DVC_EXP_NAME"])
+    client.set_model_version_tag(name, version, MODEL_SHA256_TAG, read_model_info(model_dir)["model_sha256"])
+    if "dvc_exp_name" in run_tags():
+        client.set_model_version_tag(name, version, "dvc_exp_name", run_tags()["dvc_exp_name"])
 
 
 def requirements() -> list[str]:
