@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 # on a stock machine see README ("Installing"), e.g. TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu".
 TORCH_INDEX ?=
 
-.PHONY: run test bench lint lock clean corpus pretrained
+.PHONY: run test bench lint lock clean corpus pretrained plots-template
 
 $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ run: $(STAMP)
 	mkdir -p data
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
+# DVC's plots page with Vega, Vega-Lite and Vega-Embed inlined (.dvc/plots/offline.html, committed, named
+# by .dvc/config), so `dvc plots show/diff` draw offline: the npm registry's packages at the versions
+# DVC's renderer asks for.
+VEGA_PACKAGES := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+plots-template:
+	rm -rf $(VENV)/npm && mkdir -p $(VENV)/npm
+	cd $(VENV)/npm && npm pack --silent $(VEGA_PACKAGES)
+	$(PYTHON) tools/offline_plots_template.py .dvc/plots/offline.html $(VENV)/npm/*.tgz
+
 # The photo corpus of corpus.yaml (pinned Debian packages; needs apt-get and dpkg-deb, installs nothing).
 corpus: $(STAMP)
 	$(BIN)/colorizer corpus
@@ -68,8 +77,8 @@ bench: $(DEV_STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" python -m bench
 
 lint: $(DEV_STAMP)
-	$(BIN)/ruff check src stages tests bench
-	$(BIN)/ruff format --check src stages tests bench
+	$(BIN)/ruff check src stages tests bench tools
+	$(BIN)/ruff format --check src stages tests bench tools
 
 clean:
 	rm -rf work metrics plots mlflow.db

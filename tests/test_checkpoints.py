@@ -110,3 +110,22 @@ def test_flipped_bits_inside_a_checkpoint_tensor_are_refused_on_resume(tmp_path)
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"checkpoint.pt: checksum mismatch.*delete it to start over"):
         load_checkpoint(path)
+
+
+def test_a_model_json_from_before_heads_loads_as_regression_and_a_bins_model_round_trips(exported, tmp_path):
+    model_dir = exported[0]
+    info = json.loads((model_dir / MODEL_INFO_FILE).read_text())
+    assert info["head"] == "regression" and "bins" not in info
+    del info["head"]  # as the models shipped before model.head wrote it
+    (model_dir / MODEL_INFO_FILE).write_text(json.dumps(info))
+    assert load_generator(model_dir)[0].bins == 0
+
+    generator = Generator([8, 16, 16], 16, bins=3).eval()
+    generator.bin_centres.copy_(torch.tensor([[-0.1, 0.2], [0.0, 0.0], [0.1, 0.0]]))
+    export_model(tmp_path / "bins", generator, Discriminator([8, 16]).eval(), {})
+    ship_generator(tmp_path / "bins", tmp_path / "shipped")
+    loaded, info = load_generator(tmp_path / "shipped")
+    assert (info["head"], info["bins"], loaded.bins) == ("bins", 3, 3)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), generator(x), atol=2e-3, rtol=0)  # fp16 weights

@@ -69,6 +69,25 @@ def test_splits_do_not_move_when_photos_are_added(tmp_path):
     assert after.groupby("id").split.nunique().max() == 1  # one split per photo
 
 
+def test_train_photos_keeps_the_first_training_photos_by_hash_and_smaller_sets_nest(tmp_path):
+    """split.train_photos (a learning curve): at most N training photographs, the first in hash
+    order, so 3 of them are among the 6; val and test do not move; the rest are 'unused'."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for seed in range(16):
+        (data / f"{seed}.png").write_bytes(encode(colourful(seed=seed)))
+    _, every, _ = run_fetch(tmp_path, data, split=SplitConfig(val=0.2, test=0.2))
+    sets = {}
+    for n in (3, 6):
+        summary, manifest, _ = run_fetch(tmp_path, data, split=SplitConfig(val=0.2, test=0.2, train_photos=n))
+        sets[n] = set(manifest.id[manifest.split == "train"])
+        assert len(sets[n]) == n and summary["split"]["unused"] == (every.split == "train").sum() - n
+        assert sets[n] == set(sorted(every.id[every.split == "train"])[:n])
+        held_out = manifest.split.isin(["val", "test"])
+        assert manifest[held_out].id.tolist() == every[every.split.isin(["val", "test"])].id.tolist()
+    assert sets[3] < sets[6]
+
+
 @pytest.mark.parametrize("image_id", ["0" * 32, "f" * 32, "7" + "0" * 31])
 def test_split_for_is_a_function_of_the_hash(image_id):
     split = SplitConfig(val=0.1, test=0.1)

@@ -30,9 +30,10 @@ TINY = {
 }
 
 
-def tiny_params(**train_overrides):
+def tiny_params(head: str = "regression", **train_overrides):
     raw = yaml.safe_load(yaml.safe_dump(TINY))
     raw["train"].update(train_overrides)
+    raw["model"]["head"] = head
     return parse_params(raw)
 
 
@@ -427,7 +428,9 @@ def test_train_init_starts_the_generator_from_a_model_and_refuses_another_shape(
     fresh = build_gan(params.model, tiny_params().train, 32, torch.device("cpu"))
     assert not torch.equal(fresh.generator.state_dict()["head.weight"], source.state_dict()["head.weight"])
 
-    with pytest.raises(ConfigError, match=r"^params.yaml: train.init: .* widths \[.*\] at 128 px; this training"):
+    with pytest.raises(
+        ConfigError, match=r"^params.yaml: train.init: .* widths \[.*\] at 128 px with a regression head; this"
+    ):
         build_gan(params.model, tiny_params(init="shipped").train, 32, torch.device("cpu"))
     with pytest.raises(ConfigError, match=r"^params.yaml: train.init: .*no trained model here"):
         build_gan(params.model, tiny_params(init=str(tmp_path / "nowhere")).train, 32, torch.device("cpu"))
@@ -470,3 +473,39 @@ def test_per_epoch_photo_scores_of_a_grey_and_a_perfect_model(tiny_shards):
     L, ab = val.get_batch(np.arange(len(val)))
     perfect = photo_scores(Constant(ab), val, len(val))
     assert perfect["hue_agreement"] == pytest.approx(1.0) and perfect["psnr_gain"] > 5
+
+
+def test_a_bins_head_trains_on_the_corpus_bins_exports_colorizes_and_fine_tunes(tiny_shards, tmp_path, mlflow_store):
+    from colorizer import color_bins
+    from colorizer.config import ColorizeOptions
+    from colorizer.inference import ModelRunner
+    from colorizer.shards import LabShardDataset
+
+    final = run_train(tiny_params("bins", ema_decay=0.9), tiny_shards, tmp_path / "bins")
+    assert np.isfinite(final["val_g_ce"]) and np.isfinite(final["val_g_l1"]) and "val_hue_agreement" in final
+    assert {"train_g_ce", "val_g_ce"} <= set(pd.read_csv(tmp_path / "bins" / "plots.csv").columns)
+
+    # the bins are the cells the training photos reach, and colorize reads them out of model.json's model
+    generator, info = load_generator(tmp_path / "bins" / "model")
+    counts = train_module.colour_counts(LabShardDataset(tiny_shards, "train"))
+    centres, _ = color_bins.bin_set(counts)
+    assert info["head"] == "bins" and info["bins"] == len(centres) == generator.bins
+    torch.testing.assert_close(generator.bin_centres, centres)
+    runner = ModelRunner(tmp_path / "bins" / "model", ColorizeOptions(device="cpu", precision="fp32"))
+    ab = runner.predict(np.zeros((2, 1, 32, 32), dtype=np.float32))
+    assert ab.shape == (2, 2, 32, 32) and np.isfinite(ab).all()
+
+    # fine-tuning keeps the bins of the model it starts from; a regression model does not fit
+    params = tiny_params("bins", init=str(tmp_path / "bins" / "model"))
+    tuned = build_gan(params.model, params.train, 32, torch.device("cpu"), {(0, 0): 5})
+    torch.testing.assert_close(tuned.generator.bin_centres, centres)
+    torch.testing.assert_close(tuned.generator.state_dict()["head.weight"], generator.state_dict()["head.weight"])
+    run_train(tiny_params(epochs=1), tiny_shards, tmp_path / "regression")
+    with pytest.raises(ConfigError, match=r"train.init: .* with a regression head; this training .* with a bins head"):
+        build_gan(
+            params.model,
+            tiny_params("bins", init=str(tmp_path / "regression" / "model")).train,
+            32,
+            torch.device("cpu"),
+            counts,
+        )

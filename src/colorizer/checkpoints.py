@@ -124,6 +124,8 @@ def export_model(out_dir: Path, generator: Generator, discriminator: Discriminat
         "generator_widths": generator.widths,
         "discriminator_widths": [block.conv.out_channels for block in discriminator.blocks],
         "image_size": generator.image_size,
+        "head": "bins" if generator.bins else "regression",
+        **({"bins": generator.bins} if generator.bins else {}),
         "lab": {"L_scale": L_SCALE, "L_shift": L_SHIFT, "ab_scale": AB_SCALE},
         "model_sha256": sha256_of(generator_path),
     }
@@ -157,7 +159,10 @@ def load_generator(
     # ~0.2 s it takes to load a full-width generator, which a bulk run waits for
     with ThreadPoolExecutor(1) as pool:
         digest = pool.submit(sha256_of, path) if path.is_file() and info.get("model_sha256") else None
-        generator = _built_from(lambda: Generator(info["generator_widths"], info["image_size"]), path, memory_format)
+        bins = info.get("bins", 0)  # a model.json without "head" is a regression model
+        generator = _built_from(
+            lambda: Generator(info["generator_widths"], info["image_size"], bins), path, memory_format
+        )
         if digest is not None and digest.result() != info["model_sha256"]:
             raise CheckpointError(
                 f"{path}: sha256 differs from {MODEL_INFO_FILE}'s model_sha256 (damaged or replaced); "

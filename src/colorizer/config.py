@@ -41,6 +41,9 @@ class SplitConfig(Section):
     # photographs, so they must be enough to mean something; None: val and test
     photo_val: float | None = Field(None, ge=0.0, lt=1.0)
     photo_test: float | None = Field(None, ge=0.0, lt=1.0)
+    # at most this many training photographs (cut-outs aside), the first in content-hash order, so a
+    # smaller set is part of every larger one: a learning curve; the others get the split "unused"
+    train_photos: int | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _leave_room_for_train(self) -> SplitConfig:
@@ -124,6 +127,9 @@ class ModelConfig(Section):
     generator_widths: list[int] = Field(default_factory=lambda: list(PIX2PIX_WIDTHS), min_length=1)
     discriminator_widths: list[int] = Field(default_factory=lambda: [64, 128, 256, 512], min_length=1)
     width_multiplier: float = Field(1.0, gt=0.0, le=8.0)
+    # regression: a*b* from a tanh, trained with L1 (the design document); bins: a distribution over
+    # colour bins trained with a rebalanced cross-entropy (Zhang et al. 2016; see color_bins)
+    head: Literal["regression", "bins"] = "regression"
 
     @model_validator(mode="after")
     def _positive(self) -> ModelConfig:
@@ -141,6 +147,7 @@ class TrainConfig(Section):
     lr: float = Field(2.0e-4, gt=0.0)
     betas: tuple[float, float] = (0.5, 0.999)
     l1_lambda: float = Field(100.0, ge=0.0)
+    ce_lambda: float = Field(3.0, ge=0.0)  # model.head: bins: the cross-entropy's weight, in place of L1's
     l1_warmup_epochs: int = Field(0, ge=0)
     lr_decay_epochs: int = Field(0, ge=0)  # the last N epochs (all, if fewer) decay lr linearly towards 0 (pix2pix)
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # > 0: validate and export an EMA of G's weights

@@ -54,6 +54,9 @@ class DecodeJob:
     min_chroma: float
 
 
+UNUSED_SPLIT = "unused"  # training photographs past fetch.split.train_photos
+
+
 def split_for(image_id: str, split: SplitConfig, kind: str = "photo") -> str:
     """train/val/test from the content hash (with the shares of the image's kind): stable when photos
     are added, never two splits for one photo."""
@@ -176,6 +179,12 @@ def _assign(rows: list[dict], split: SplitConfig) -> pd.DataFrame:
             continue
         first_path[row["id"]] = row["path"]
         row["split"] = split_for(row["id"], split, row["kind"])
+    if split.train_photos is not None:
+        training = sorted(
+            (row["id"], i) for i, row in enumerate(rows) if row.get("split") == "train" and row["kind"] == "photo"
+        )
+        for _, i in training[split.train_photos :]:
+            rows[i]["split"] = UNUSED_SPLIT
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
     for column in ("width", "height"):
         manifest[column] = manifest[column].astype("Int64")
@@ -190,6 +199,6 @@ def summarize(manifest: pd.DataFrame) -> dict:
         "ok": len(ok),
         "rejected": len(rejected),
         "reasons": dict(sorted(Counter(rejected.reason).items())),
-        "split": {name: int((ok.split == name).sum()) for name in ("train", "val", "test")},
+        "split": {name: int((ok.split == name).sum()) for name in ("train", "val", "test", UNUSED_SPLIT)},
         "kind": {name: int((ok.kind == name).sum()) for name in ("photo", "cutout")},
     }

@@ -35,6 +35,9 @@ def g_losses(
     return {"g_gan": g_gan, "g_l1": g_l1}
 
 
-def generator_loss(losses: dict[str, torch.Tensor], l1_lambda: float) -> torch.Tensor:
-    """The design document's GAN loss: the discriminator's BCE plus lambda (100) times L1."""
+def generator_loss(losses: dict[str, torch.Tensor], l1_lambda: float, ce_lambda: float = 0.0) -> torch.Tensor:
+    """The design document's GAN loss: the discriminator's BCE plus lambda (100) times L1; for the
+    bins head (l1_lambda 0) ce_lambda times the rebalanced cross-entropy `g_ce` instead."""
+    if ce_lambda:  # L1 left out altogether: its gradient through the bins' read-out costs a third of a step
+        return losses["g_gan"] + ce_lambda * losses["g_ce"]
     return losses["g_gan"] + l1_lambda * losses["g_l1"]

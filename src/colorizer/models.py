@@ -1,7 +1,8 @@
 """The design document's conditional GAN: ConvBlock, ConvTBlock, a UNet Generator, a PatchGAN Discriminator.
 
-The generator maps L (B, 1, H, W) to a*b* (B, 2, H, W) in [-1, 1]; the discriminator judges Lab
-(B, 3, H, W) with one logit per 16x16 patch, (B, 1, H/16, W/16).
+The generator maps L (B, 1, H, W) to a*b* (B, 2, H, W) in [-1, 1], by regression (the design
+document's head) or through a distribution over colour bins (`model.head: bins`, see color_bins); the
+discriminator judges Lab (B, 3, H, W) with one logit per 16x16 patch, (B, 1, H/16, W/16).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from colorizer.color_bins import annealed_mean
 from colorizer.config import ModelConfig
 from colorizer.fused_blocks import (
     conv_act,
@@ -73,9 +75,14 @@ class Generator(nn.Module):
     matching encoder output (hence doubled input channels); a final conv 3x3 and tanh give a*b*.
 
     The last ConvTBlock's upsampling is done by the head's convolution (`upsampled_conv`): the same
-    function without the full-size tensor of the block's output channels."""
+    function without the full-size tensor of the block's output channels.
 
-    def __init__(self, widths: list[int], image_size: int):
+    `bins` > 0 (`model.head: bins`): the head is instead a 1x1 convolution to `bins` logits at half
+    size, before the last upsampling (as Zhang et al. classify at a fraction of the input's size:
+    at full size the head would cost more than the whole UNet); a*b* is their annealed mean over the
+    bin centres (the `bin_centres` buffer, set by training from its photos), upsampled bilinearly."""
+
+    def __init__(self, widths: list[int], image_size: int, bins: int = 0):
         super().__init__()
         depth = generator_depth(widths, image_size)
         if depth < 1:
@@ -87,9 +94,15 @@ class Generator(nn.Module):
         outs = list(reversed(w[:-1])) + [w[0]]
         ins = [w[-1]] + [2 * c for c in outs[:-1]]
         self.up = nn.ModuleList(ConvTBlock(c_in, c_out) for c_in, c_out in zip(ins, outs, strict=True))
-        self.head = nn.Conv2d(outs[-1], 2, 3, stride=1, padding=1)
+        self.bins = bins
+        if bins:
+            self.head = nn.Conv2d(outs[-1], bins, 1)
+            self.register_buffer("bin_centres", torch.zeros(bins, 2))
+        else:
+            self.head = nn.Conv2d(outs[-1], 2, 3, stride=1, padding=1)
 
-    def forward(self, L: torch.Tensor) -> torch.Tensor:
+    def forward(self, L: torch.Tensor, with_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """a*b* (B, 2, H, W); with_logits (bins head only): (a*b*, bin logits (B, Q, H/2, W/2))."""
         skips = []
         x = L  # (B, 1, H, W)
         for block in self.down:
@@ -100,7 +113,17 @@ class Generator(nn.Module):
             # up[k]'s output is concatenated with the encoder output of its size: up[k + 1]'s input
             x = block(x, skips.pop())
         x = self.up[-1].before_upsampling(x)  # (B, w_0, H / 2, W / 2): no encoder output of full size
+        if self.bins:
+            return bins_read_out(self.head(x), self.bin_centres, with_logits)
         return torch.tanh(upsampled_conv(x, self.head))  # (B, 2, H, W)
+
+
+def bins_read_out(
+    logits: torch.Tensor, centres: torch.Tensor, with_logits: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """The bins head's a*b* at twice the logits' size: their annealed mean, upsampled bilinearly."""
+    ab = nn.functional.interpolate(annealed_mean(logits, centres), scale_factor=2, mode="bilinear")
+    return (ab, logits) if with_logits else ab
 
 
 class FoldedGenerator(nn.Module):
@@ -125,7 +148,9 @@ class FoldedGenerator(nn.Module):
         self.down = nn.ModuleList(fuse_conv_bn_eval(block.conv, block.norm) for block in generator.down)
         self.slopes = [block.act.negative_slope for block in generator.down]
         self.up = nn.ModuleList(fuse_conv_bn_eval(block.conv, block.norm, transpose=True) for block in generator.up)
-        self.head = generator.head
+        self.head, self.bins = generator.head, generator.bins
+        if self.bins:
+            self.register_buffer("bin_centres", generator.bin_centres)
         for conv in [*self.down, *self.up]:
             conv.to(dtype=weight_dtype, memory_format=torch.channels_last)
         self.eval()
@@ -144,6 +169,8 @@ class FoldedGenerator(nn.Module):
         for conv in self.up[:-1]:
             x = upsampled_cat(conv_act(x, conv, 0.0), skips.pop())
         x = conv_act(x, self.up[-1], 0.0)
+        if self.bins:
+            return bins_read_out(self.head(x), self.bin_centres)
         return torch.tanh(upsampled_conv(x, self.head))
 
 
@@ -160,8 +187,9 @@ class Discriminator(nn.Module):
         return self.head(self.blocks(lab))  # logits; BCEWithLogits is BCE on sigmoid, computed stably
 
 
-def build_generator(cfg: ModelConfig, image_size: int) -> Generator:
-    return Generator(cfg.scaled(cfg.generator_widths), image_size)
+def build_generator(cfg: ModelConfig, image_size: int, bins: int = 0) -> Generator:
+    """The generator of `cfg`; `bins`: the size of the bin set for `model.head: bins` (from the data)."""
+    return Generator(cfg.scaled(cfg.generator_widths), image_size, bins if cfg.head == "bins" else 0)
 
 
 def build_discriminator(cfg: ModelConfig) -> Discriminator:

@@ -22,7 +22,7 @@ import torch
 from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader, DistributedSampler
 
-from colorizer import ema, fused_blocks, losses, models, optimizers, tracking
+from colorizer import color_bins, ema, fused_blocks, losses, models, optimizers, tracking
 from colorizer.checkpoints import (
     PRETRAINED_DIR,
     CheckpointError,
@@ -48,6 +48,7 @@ from colorizer.distributed import (
 from colorizer.evaluate import choice_score, photo_scores
 from colorizer.files import atomic_write_bytes, atomic_write_json, progress
 from colorizer.images import save_png
+from colorizer.lab import normalize_ab
 from colorizer.losses import d_losses, g_losses, generator_loss
 from colorizer.models import Discriminator, Generator, build_discriminator, build_generator
 from colorizer.shards import LabShardDataset, read_index
@@ -68,6 +69,8 @@ class Gan:
     l1_lambda: float
     channels_last: bool = False
     ema: torch.optim.swa_utils.AveragedModel | None = None  # of the generator's weights (train.ema_decay)
+    ce_lambda: float = 0.0  # model.head: bins: the cross-entropy's weight (l1_lambda is then 0)
+    bin_weights: torch.Tensor | None = None  # model.head: bins: the class rebalancing weights (Q,)
 
     @property
     def averaged_generator(self) -> torch.nn.Module:
@@ -105,8 +108,29 @@ class Gan:
         self.opt_d.step()
         return {key: value.detach() for key, value in losses.items()}
 
+    def generate(self, generator: torch.nn.Module, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """a*b*, and the bins head's logits (None for regression)."""
+        if self.bin_weights is None:
+            return generator(L), None
+        return generator(L, with_logits=True)
+
+    def reconstruction_losses(
+        self, fake_logits: torch.Tensor | None, fake_ab: torch.Tensor, bin_logits: torch.Tensor | None, ab: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """g_gan and g_l1, and g_ce for the bins head (the rebalanced cross-entropy)."""
+        found = g_losses(fake_logits, fake_ab, ab)
+        if bin_logits is not None:
+            centres = unwrap(self.generator).bin_centres
+            found["g_ce"] = color_bins.bins_loss(bin_logits, ab, centres, self.bin_weights)
+        return found
+
     def g_step(
-        self, L: torch.Tensor, ab: torch.Tensor, fake_ab: torch.Tensor, adversarial: bool
+        self,
+        L: torch.Tensor,
+        ab: torch.Tensor,
+        fake_ab: torch.Tensor,
+        adversarial: bool,
+        bin_logits: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         self.discriminator.requires_grad_(False)  # G's loss must not update D
         self.opt_g.zero_grad(set_to_none=True)
@@ -116,8 +140,8 @@ class Gan:
                 # D past its DDP wrapper: D's weights get no gradient here, so there is nothing to
                 # reduce, and a DDP forward without a matching backward would stall the next one.
                 fake_logits = self.judge(L, fake_ab, unwrap(self.discriminator))
-        losses = g_losses(fake_logits, fake_ab, ab)
-        generator_loss(losses, self.l1_lambda).backward()
+        losses = self.reconstruction_losses(fake_logits, fake_ab, bin_logits, ab)
+        generator_loss(losses, self.l1_lambda, self.ce_lambda).backward()
         self.opt_g.step()
         if self.ema is not None:
             self.ema.update_parameters(unwrap(self.generator))
@@ -125,28 +149,48 @@ class Gan:
 
     def train_step(self, L: torch.Tensor, ab: torch.Tensor, adversarial: bool = True) -> dict[str, torch.Tensor]:
         with self.autocast():
-            fake_ab = self.generator(L)
+            fake_ab, bin_logits = self.generate(self.generator, L)
         losses = self.d_step(L, ab, fake_ab) if adversarial else {}
-        return losses | self.g_step(L, ab, fake_ab, adversarial)
+        return losses | self.g_step(L, ab, fake_ab, adversarial, bin_logits)
 
     @torch.no_grad()
     def eval_losses(self, L: torch.Tensor, ab: torch.Tensor) -> dict[str, torch.Tensor]:
         with self.autocast():
-            fake_ab = self.averaged_generator(L)
+            fake_ab, bin_logits = self.generate(self.averaged_generator, L)
             real_logits, fake_logits = self.judge(L, ab), self.judge(L, fake_ab)
-        return g_losses(fake_logits, fake_ab, ab) | d_losses(real_logits, fake_logits)
+        return self.reconstruction_losses(fake_logits, fake_ab, bin_logits, ab) | d_losses(real_logits, fake_logits)
 
 
-def build_gan(model_cfg: ModelConfig, cfg: TrainConfig, image_size: int, device: torch.device) -> Gan:
+def build_gan(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    image_size: int,
+    device: torch.device,
+    colour_counts: dict[tuple[int, int], int] | None = None,
+) -> Gan:
+    """The two networks and their optimizers. `colour_counts` (`color_bins.bin_counts` of the training
+    photos) is needed for `model.head: bins`: the bin set (unless train.init brings its own) and
+    the rebalancing weights."""
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    generator = build_generator(model_cfg, image_size).to(device, memory_format=memory_format)
+    source = initial_generator(cfg.init)
+    centres = bin_weights = None
+    if model_cfg.head == "bins":
+        if colour_counts is None:
+            raise ValueError("build_gan: model.head bins needs the training photos' colour_counts")
+        centres = source.bin_centres if source is not None and source.bins else color_bins.bin_set(colour_counts)[0]
+        bin_weights = color_bins.rebalancing_weights(centres, color_bins.prior_over(centres, colour_counts))
+    generator = build_generator(model_cfg, image_size, len(centres) if centres is not None else 0)
+    if source is not None:
+        start_from(generator, source, cfg.init, model_cfg.head)
+    if centres is not None:
+        generator.bin_centres.copy_(centres)
+    generator = generator.to(device, memory_format=memory_format)
     discriminator = build_discriminator(model_cfg).to(device, memory_format=memory_format)
     # the fused kernel (CUDA, and CPU since torch 2.4) is one pass over each parameter: on a 2-core
     # CPU the generator's step takes 26 ms instead of the default foreach path's 76 (41 where the
     # kernel copies channels-last weights: see optimizers)
     opt_g = optimizers.ChannelsLastAdam(generator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
     opt_d = optimizers.ChannelsLastAdam(discriminator.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
-    initial_weights(generator, cfg.init, image_size)
     return Gan(
         generator,
         discriminator,
@@ -154,28 +198,35 @@ def build_gan(model_cfg: ModelConfig, cfg: TrainConfig, image_size: int, device:
         opt_d,
         device,
         autocast_dtype(cfg.precision, device),
-        cfg.l1_lambda,
+        0.0 if bin_weights is not None else cfg.l1_lambda,
         cfg.channels_last,
         ema.weight_average(generator, cfg.ema_decay) if cfg.ema_decay > 0 else None,
+        cfg.ce_lambda if bin_weights is not None else 0.0,
+        bin_weights.to(device) if bin_weights is not None else None,
     )
 
 
-def initial_weights(generator: Generator, init: str, image_size: int) -> None:
-    """train.init: `none` keeps the random initialisation; `shipped` or a model folder starts the
-    generator from those weights (the discriminator starts afresh). A model of another width or
-    size is refused with one line: its weights would not fit this generator."""
+def initial_generator(init: str) -> Generator | None:
+    """train.init: `none` keeps the random initialisation (None); `shipped` or a model folder: the
+    generator whose weights training starts from (the discriminator starts afresh)."""
     if init == "none":
-        return
-    model_dir = PRETRAINED_DIR if init == "shipped" else Path(init)
+        return None
     try:
-        source, _ = load_generator(model_dir)
+        return load_generator(PRETRAINED_DIR if init == "shipped" else Path(init))[0]
     except CheckpointError as e:
         raise ConfigError(f"params.yaml: train.init: {e}") from None
-    if (source.widths, source.image_size) != (generator.widths, generator.image_size):
+
+
+def start_from(generator: Generator, source: Generator, init: str, head: str) -> None:
+    """Copy `source`'s weights into `generator`. A model of another width, size or head is refused
+    with one line: its weights would not fit this generator."""
+    source_head = "bins" if source.bins else "regression"
+    if (source.widths, source.image_size, source_head) != (generator.widths, generator.image_size, head):
         raise ConfigError(
-            f"params.yaml: train.init: {model_dir} is a generator of widths {source.widths} at "
-            f"{source.image_size} px; this training builds {generator.widths} at {image_size} px "
-            "(set model.width_multiplier and augment.image_size to match it, or train.init: none)"
+            f"params.yaml: train.init: {init} is a generator of widths {source.widths} at "
+            f"{source.image_size} px with a {source_head} head; this training builds {generator.widths} at "
+            f"{generator.image_size} px with a {head} head (set model.width_multiplier, augment.image_size "
+            "and model.head to match it, or train.init: none)"
         )
     with torch.no_grad():
         for mine, theirs in zip(generator.state_dict().values(), source.state_dict().values(), strict=True):
@@ -196,6 +247,12 @@ def distribute(gan: Gan, world: World, sync_batchnorm: bool) -> Gan:
         return DistributedDataParallel(module, device_ids=[gan.device.index] if gan.device.type == "cuda" else None)
 
     return replace(gan, generator=wrap(gan.generator), discriminator=wrap(gan.discriminator))
+
+
+def colour_counts(dataset: LabShardDataset) -> dict[tuple[int, int], int]:
+    """The colour-bin counts (`color_bins.bin_counts`) of every pixel of the split's shards."""
+    chunks = (shard[start : start + 256, 1:] for shard in dataset.shards for start in range(0, len(shard), 256))
+    return color_bins.bin_counts(normalize_ab(np.asarray(chunk, dtype=np.float32)) for chunk in chunks)
 
 
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
@@ -301,7 +358,7 @@ def write_samples(gan: Gan, dataset: LabShardDataset, count: int, seed: int, pat
 
 # the modules whose code a checkpoint was trained with: the loop, the losses, the model and its
 # kernels, the optimizer
-TRAINING_CODE = (sys.modules[__name__], losses, models, fused_blocks, optimizers, ema)
+TRAINING_CODE = (sys.modules[__name__], losses, models, fused_blocks, optimizers, ema, color_bins)
 
 
 def fingerprint(params: Params, shard_dir: Path, world_size: int = 1) -> str:
@@ -442,7 +499,8 @@ def train(
 
     with process_group(world, device):
         torch.manual_seed(params.seed)
-        gan = build_gan(params.model, cfg, train_set.image_size, device)
+        counts = colour_counts(train_set) if params.model.head == "bins" else None
+        gan = build_gan(params.model, cfg, train_set.image_size, device, counts)
         log.debug(
             "train: rank %d of %d, %d training and %d validation images on %s, autocast %s, %d threads",
             *(world.rank, world.size, len(train_set), len(val_set), device, gan.amp_dtype, torch.get_num_threads()),
