@@ -328,3 +328,24 @@ def test_a_sigterm_in_the_middle_of_an_mlflow_write_still_ends_the_run_killed(ml
     run = MlflowClient(mlflow_store).get_run(run_id)
     assert run.info.status == "KILLED"
     assert run.data.metrics["loss"] == 1.0  # the write under way when the signal came, then no more
+
+
+def test_registry_versions_carry_their_scores_and_the_alias_best_follows_the_highest(
+    tmp_path, mlflow_store, monkeypatch
+):
+    from colorizer.checkpoints import PRETRAINED_DIR
+
+    client = MlflowClient(mlflow_store)
+    holders = []
+    for number, score in enumerate((0.3, 0.2, 0.5), start=1):
+        monkeypatch.setenv("DVC_EXP_NAME", f"exp-{number}")
+        params = {"model": {"head": "bins"}, "train": {"epochs": number}, "fetch": {"sources": ["corpus"]}}
+        with tracking.training_run(params, f"fingerprint-{number}", resume=False) as run_id:
+            serving.log_model(PRETRAINED_DIR, scores={"score": score, "hue": 0.4, "psnr_gain": 1.0, "hue_spread": 0.1})
+        holders.append(client.get_model_version_by_alias("colorizer", serving.BEST_ALIAS).version)
+        version = client.get_model_version("colorizer", str(number))
+        assert version.tags["choice_score"] == f"{score:.4f}" and version.tags["dvc_exp_name"] == f"exp-{number}"
+        assert "choice_hue_spread" not in version.tags
+        note = client.get_run(run_id).data.tags["mlflow.note.content"]
+        assert f"`exp-{number}`" in note and "corpus" in note and "bins head" in note and f"{number} epochs" in note
+    assert [int(v) for v in holders] == [1, 1, 3]

@@ -57,17 +57,23 @@ class ColorizerModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({OUTPUT_COLUMN: colorized, ERROR_COLUMN: errors})
 
 
-def log_model(model_dir: Path, registered_model_name: str | None = REGISTERED_MODEL_NAME) -> str:
+BEST_ALIAS = "best"  # models:/colorizer@best: the version with the highest choice score
+
+
+def log_model(
+    model_dir: Path, registered_model_name: str | None = REGISTERED_MODEL_NAME, scores: dict[str, float] | None = None
+) -> str:
     """Log the exported model in `model_dir` to the active run (and register a new version of
-    `registered_model_name`); returns the model's URI. The colorizer package's code goes with it, so
-    it serves from any environment that has the packages of `requirements()`."""
+    `registered_model_name`, tagged with `scores`, the choice rule's figures); returns the model's
+    URI. The colorizer package's code goes with it, so it serves from any environment that has the
+    packages of `requirements()`."""
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "colorizer"
         # The package's modules only: not the shipped weights beside them (12 MB) nor bytecode.
         shutil.copytree(Path(__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "pretrained"))
         info = mlflow.pyfunc.log_model(
             name="colorizer",
-            python_model=ColorizerModel(),
+            python_model=str(Path(__file__).with_name("serving_model.py")),  # code, not a pickle
             artifacts={"model": str(model_dir)},
             code_paths=[str(code)],
             signature=SIGNATURE,
@@ -76,21 +82,34 @@ def log_model(model_dir: Path, registered_model_name: str | None = REGISTERED_MO
             registered_model_name=registered_model_name,
         )
     if registered_model_name and info.registered_model_version is not None:
-        _tag_version(registered_model_name, str(info.registered_model_version), model_dir)
+        _tag_version(registered_model_name, str(info.registered_model_version), model_dir, scores or {})
     return info.model_uri
 
 
-def _tag_version(name: str, version: str, model_dir: Path) -> None:
-    """What the registry shows beside a version: which model bytes and which DVC experiment."""
+def _tag_version(name: str, version: str, model_dir: Path, scores: dict[str, float]) -> None:
+    """What the registry shows beside a version: which model bytes, which DVC experiment, the choice
+    rule's figures; and the alias `best` moved here when its score beats the holder's."""
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from colorizer.checkpoints import read_model_info
     from colorizer.tracking import MODEL_SHA256_TAG, run_tags
 
     client = MlflowClient()
-    client.set_model_version_tag(name, version, MODEL_SHA256_TAG, read_model_info(model_dir)["model_sha256"])
-    if "dvc_exp_name" in run_tags():
-        client.set_model_version_tag(name, version, "dvc_exp_name", run_tags()["dvc_exp_name"])
+    tags = {MODEL_SHA256_TAG: read_model_info(model_dir)["model_sha256"]}
+    tags |= {key: value for key, value in run_tags().items() if key == "dvc_exp_name"}
+    tags |= {f"choice_{key}": f"{value:.4f}" for key, value in scores.items() if key in ("score", "hue", "psnr_gain")}
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if "score" not in scores:
+        return
+    try:
+        holder = client.get_model_version_by_alias(name, BEST_ALIAS)
+        best_so_far = float(holder.tags.get("choice_score", "-inf"))
+    except MlflowException:  # no version holds it yet
+        best_so_far = float("-inf")
+    if scores["score"] > best_so_far:
+        client.set_registered_model_alias(name, BEST_ALIAS, version)
 
 
 def requirements() -> list[str]:

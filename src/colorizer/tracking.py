@@ -35,6 +35,7 @@ RUN_KEY_TAG = "train_run_key"  # the fingerprint, every param (epochs too) and D
 EVALUATED_TAG = "evaluated_model_sha256"  # evaluate logged its scores of this model into the run
 CONTINUED_FROM_TAG = "continued_from"  # the run whose checkpoint a training with other params resumed
 OWNER_TAG = "trainer"  # host:pid of the process that runs a training run
+DESCRIPTION_TAG = "mlflow.note.content"  # the run page's description
 
 
 def experiment_name() -> str:
@@ -275,6 +276,26 @@ def run_key(params: dict[str, Any], fingerprint: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def run_description(params: dict[str, Any], continued_from: str | None = None) -> str:
+    """The run page's description (Markdown): which experiment, data and recipe, and where to look."""
+    model, train, fetch = params.get("model", {}), params.get("train", {}), params.get("fetch", {})
+    size = params.get("augment", {}).get("image_size")
+    name = os.environ.get("DVC_EXP_NAME")
+    lines = [
+        f"Training of the DVC experiment `{name}`." if name else "A training outside `dvc exp run`.",
+        f"Photos from {', '.join(map(str, fetch.get('sources', []))) or '?'}, at {size} px; "
+        f"{model.get('head', 'regression')} head, widths x {model.get('width_multiplier')}, "
+        f"{train.get('epochs')} epochs ({train.get('l1_warmup_epochs', 0)} without the GAN term), "
+        f"EMA {train.get('ema_decay', 0)}, init {train.get('init', 'none')}.",
+        "Metrics: `train/` and `val/` per epoch (`val/hue_agreement`, `val/psnr_gain`: the choice rule), "
+        "`eval/` from the evaluate stage; the sample grid per epoch under the images; the model under "
+        "Logged models (registered as `colorizer`, alias `best`: the highest choice score).",
+    ]
+    if continued_from:
+        lines.append(f"Continues run `{continued_from}` (its checkpoint, other params): its history is copied in.")
+    return "\n\n".join(lines)
+
+
 @contextmanager
 def training_run(params: dict[str, Any], fingerprint: str, resume: bool, resumed_epoch: int = 0) -> Iterator[str]:
     """One MLflow run per training. A training interrupted and rerun as it was (same params, same DVC
@@ -295,6 +316,7 @@ def training_run(params: dict[str, Any], fingerprint: str, resume: bool, resumed
             tags = run_tags() | {FINGERPRINT_TAG: fingerprint, RUN_KEY_TAG: key}
             if resume_id is None:
                 mlflow.log_params(flatten(params))
+                tags[DESCRIPTION_TAG] = run_description(params, predecessor)
                 if predecessor:
                     tags[CONTINUED_FROM_TAG] = predecessor
                     _copy_history(predecessor, run.info.run_id, resumed_epoch)

@@ -585,7 +585,9 @@ def _train(
             if log_model:
                 from colorizer import serving  # mlflow.pyfunc: only when a model is logged
 
-                serving.log_model(out.model_dir)  # into the active run, as an image-in, image-out model
+                # into the active run, as an image-in, image-out model; its registry version carries
+                # the choice rule's figures, and the alias `best` goes to the best of them
+                serving.log_model(out.model_dir, scores=choice_score(history))
     barrier(world)
     if not world.is_main:
         return {}
