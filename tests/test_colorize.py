@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageCms
 
 from colorizer.cli import main
-from colorizer.colorize import REPORT_NAME, colorize
+from colorizer.colorize import HISTORY_NAME, REPORT_NAME, colorize
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.files import is_temp_name
 from colorizer.inference import predict_in_halves
@@ -101,7 +101,7 @@ def test_bad_inputs_are_failed_rows_and_the_run_goes_on(tmp_path, model_dir):
     assert rows.loc["text.png", "reason"] == "not an image"
     assert rows.loc["truncated.jpg", "reason"].startswith("truncated")
     assert rows.loc["bomb.png", "reason"].startswith("decompression bomb")
-    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [REPORT_NAME, "fine.png"]  # nothing half-done
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [HISTORY_NAME, REPORT_NAME, "fine.png"]
 
 
 def test_dry_run_lists_what_would_be_done_and_writes_nothing(tmp_path, model_dir, capsys):
@@ -313,7 +313,9 @@ def test_every_kind_of_worker_writes_the_same_files(tmp_path, model_dir):
     for kind, workers in (("threads", 2), ("processes", 2), ("auto", 0)):
         dst = tmp_path / f"{kind}-{workers}"
         run(src, dst, model_dir, workers=workers, worker_kind=kind, batch_size=2)
-        outputs[kind, workers] = {p.name: p.read_bytes() for p in dst.iterdir() if p.name != REPORT_NAME}
+        outputs[kind, workers] = {
+            p.name: p.read_bytes() for p in dst.iterdir() if p.name not in (REPORT_NAME, HISTORY_NAME)
+        }
         assert report(dst).status.to_dict() == {
             **{f"scan {i}.jpg": "done" for i in range(5)},
             "colour.png": "done",
@@ -504,7 +506,7 @@ def test_finite_weights_that_predict_nan_fail_each_photo_and_write_nothing(tmp_p
     run(tmp_path / "src", tmp_path / "dst", broken, precision="fp32")
     rows = report(tmp_path / "dst")
     assert (rows.status == "failed").all() and rows.reason.str.contains("prediction is not finite").all()
-    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [REPORT_NAME]
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [HISTORY_NAME, REPORT_NAME]
 
 
 def test_a_single_photo_is_a_valid_src(tmp_path, model_dir):
@@ -746,3 +748,65 @@ def test_an_input_whose_output_a_link_in_dst_would_lead_out_is_a_failed_row(tmp_
     assert rows.loc["a.jpg", "status"] == "done"
     assert rows.loc["sub/x.jpg", "status"] == "failed" and "link in DST leads out" in rows.loc["sub/x.jpg", "reason"]
     assert not list(outside.iterdir())
+
+
+def test_an_all_skipped_rerun_never_loads_the_model(tmp_path, model_dir, capsys):
+    import shutil
+
+    from colorizer.checkpoints import GENERATOR_FILE
+
+    """A rerun that finds every output written lists, skips and reports without loading the model:
+    even weights damaged since the first run go unread (a run with work to do refuses them)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(grey(40, 30, seed=i)).save(src / f"{i}.png")
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    args = ["colorize", str(src), str(tmp_path / "dst"), "--model", str(model), "--workers", "1", "-v"]
+    assert main(args) == 0
+    assert "colorize: model at" in capsys.readouterr().err
+    data = bytearray((model / GENERATOR_FILE).read_bytes())
+    data[len(data) // 2] ^= 0x40
+    (model / GENERATOR_FILE).write_bytes(bytes(data))
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "colorize: model at" not in err and "0 done, 3 skipped, 0 failed" in err
+    (src / "new.png").write_bytes((src / "0.png").read_bytes())
+    assert main(args) == 2  # now there is a photo to colorize: the damaged weights are refused
+    assert "sha256 differs" in capsys.readouterr().err and not (tmp_path / "dst" / "new.png").exists()
+
+
+def test_an_http_src_whose_server_never_answers_ends_with_one_line(tmp_path, monkeypatch, capsys):
+    import socket
+    import threading
+
+    from tests.conftest import free_port
+
+    port, held = free_port(), []
+    listener = socket.create_server(("127.0.0.1", port))
+    stop = threading.Event()
+
+    def accept_and_say_nothing():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    server = threading.Thread(target=accept_and_say_nothing, daemon=True)
+    server.start()
+    monkeypatch.setenv("COLORIZER_STORAGE_TIMEOUT", "1")
+    started = time.monotonic()
+    try:
+        assert main(["colorize", f"http://127.0.0.1:{port}/scans.zip", str(tmp_path / "dst"), "--workers", "1"]) == 2
+    finally:
+        stop.set()
+        server.join()
+        for connection in held:
+            connection.close()
+        listener.close()
+    assert time.monotonic() - started < 30  # a few 1-second waits, not forever
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("colorizer colorize:")]
+    assert "Timeout" in line and held  # the server was reached, and never answered

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from colorizer.cli import main
-from colorizer.colorize import REPORT_NAME, colorize
+from colorizer.colorize import HISTORY_NAME, REPORT_NAME, colorize
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.train import train
 from tests.conftest import colourful, free_port
@@ -48,7 +48,7 @@ def test_colorize_reads_and_writes_s3_with_both_engines(tmp_path, model_dir, s3_
     on_disk = tmp_path / "on-disk"
     colorize(src, on_disk, model_dir, ColorizeOptions(workers=1))
     expected = {p.relative_to(on_disk).as_posix(): p.read_bytes() for p in on_disk.rglob("*.*")}
-    del expected[REPORT_NAME]
+    del expected[REPORT_NAME], expected[HISTORY_NAME]
 
     runs = {
         "local": ("s3://archive/scans", {}),
@@ -60,6 +60,7 @@ def test_colorize_reads_and_writes_s3_with_both_engines(tmp_path, model_dir, s3_
         summary = colorize(source, f"s3://archive/out-{name}", model_dir, ColorizeOptions(workers=1, **options))
         written = listing(fs, f"archive/out-{name}")
         report = written.pop(REPORT_NAME).decode()
+        assert written.pop(HISTORY_NAME).decode().splitlines()[1].split(",")[1] == options.get("engine", "local")
         assert written == expected, name  # the same bytes as on a local disk, at the same relative paths
         assert "bad.png,failed,not an image" in report and (summary.count("done"), summary.count("failed")) == (5, 1)
 

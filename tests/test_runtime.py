@@ -69,3 +69,36 @@ def test_the_stage_stops_when_its_starter_dies_though_the_shell_between_them_liv
     while not Path(f"{mark}.stopped").exists():
         assert time.monotonic() < deadline, "the stage went on alone after its starter died"
         time.sleep(0.05)
+
+
+def test_an_address_space_limit_is_one_line_not_a_traceback(tmp_path):
+    """`ulimit -v`: whichever library fails to map first (torch's, numba's, numpy's), the run ends
+    with one line that says memory ran out and what the limit is."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "src").mkdir()
+    Image.fromarray(np.full((30, 40), 128, np.uint8)).save(tmp_path / "src" / "a.png")
+    colorizer = Path(sys.executable).with_name("colorizer")
+    refused = 0
+    for kilobytes in (300_000, 600_000):
+        done = subprocess.run(
+            [
+                "bash",
+                "-c",
+                f'ulimit -v {kilobytes}; exec "$0" colorize "$1" "$2" --workers 1',
+                colorizer,
+                tmp_path / "src",
+                tmp_path / f"dst-{kilobytes}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode == 0:  # this machine's libraries fit: nothing to see at this limit
+            continue
+        assert done.returncode == 2, done.stderr[-2000:]
+        [line] = done.stderr.strip().splitlines()
+        assert "out of memory" in line and "ulimit -v" in line
+        refused += 1
+    assert refused  # 300 MB never holds torch

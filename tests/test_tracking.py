@@ -349,3 +349,29 @@ def test_registry_versions_carry_their_scores_and_the_alias_best_follows_the_hig
         note = client.get_run(run_id).data.tags["mlflow.note.content"]
         assert f"`exp-{number}`" in note and "corpus" in note and "bins head" in note and f"{number} epochs" in note
     assert [int(v) for v in holders] == [1, 1, 3]
+
+
+def test_the_served_model_bounds_pixels_and_photos_at_once(tmp_path, mlflow_store, monkeypatch):
+    import threading
+
+    import pandas as pd
+
+    from colorizer.checkpoints import PRETRAINED_DIR
+
+    monkeypatch.setenv(serving.MAX_PIXELS_VARIABLE, "1000000")
+    with tracking.training_run({"model": {"x": 1}}, "fingerprint", resume=False):
+        model = mlflow.pyfunc.load_model(serving.log_model(PRETRAINED_DIR, registered_model_name=None))
+    big, small = (encode(Image.new("L", size, 90)) for size in ((1250, 1000), (64, 48)))
+    rows = model.predict(pd.DataFrame({"image": [big, small]}))
+    assert rows.colorized[0] is None and "1250x1000" in rows.error[0] and serving.MAX_PIXELS_VARIABLE in rows.error[0]
+    assert rows.error[1] == "" and rows.colorized[1]
+
+    slots = model.unwrap_python_model().slots  # COLORIZER_SERVE_CONCURRENCY unset: one photo at a time
+    slots.acquire()  # a photo being colorized
+    answered = threading.Event()
+    waiting = threading.Thread(target=lambda: (model.predict(pd.DataFrame({"image": [small]})), answered.set()))
+    waiting.start()
+    assert not answered.wait(2.0)  # the second photo waits for the slot
+    slots.release()
+    assert answered.wait(60.0)
+    waiting.join()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -122,11 +123,20 @@ def _run_evaluate(args: argparse.Namespace, params: Params) -> None:
     print(describe(summary))
 
 
+# Defaults a cluster job or a shell profile can set once (flags still win); shown in `colorize --help`.
+ENVIRONMENT_DEFAULTS = {"COLORIZER_MODEL": "--model", "COLORIZER_DEVICE": "--device", "COLORIZER_WORKERS": "--workers"}
+
+
 @command("colorize", "Colorize a folder or archive of photos into DST at full resolution.", needs_params=False)
 def _colorize_args(parser: argparse.ArgumentParser) -> None:
-    from colorizer.config import ColorizeOptions
+    from typing import get_args
+
+    from colorizer.config import ColorizeOptions, ImageFormat
 
     default = ColorizeOptions()
+    parser.epilog = "environment: " + "; ".join(
+        f"{var} sets the default of {flag}" for var, flag in ENVIRONMENT_DEFAULTS.items()
+    )
     parser.add_argument(
         "src",
         metavar="SRC",
@@ -137,22 +147,34 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        help="trained model folder, e.g. work/model (default: the shipped model, see its MODEL_CARD.md)",
+        default=os.environ.get("COLORIZER_MODEL") or None,
+        help="trained model folder, e.g. work/model (default: COLORIZER_MODEL, else the shipped model, see its "
+        "MODEL_CARD.md)",
     )
     parser.add_argument("--size", type=int, help="model input size (default: the size it was trained at)")
     parser.add_argument(
         "--batch-size", type=int, default=default.batch_size, help="images per model call (%(default)s)"
     )
-    parser.add_argument("--workers", type=int, help="decoders/encoders (default: cores - 1, at least 2; 0: none)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.environ.get("COLORIZER_WORKERS") or None,
+        help="decoders/encoders (default: COLORIZER_WORKERS, else cores - 1, at least 2; 0: none)",
+    )
     parser.add_argument(
         "--worker-kind",
         default=default.worker_kind,
+        choices=get_args(ColorizeOptions.model_fields["worker_kind"].annotation),
         help="auto, threads or processes. auto: threads beside a model on the CPU, processes beside a GPU; "
         "processes isolate a crashing decoder (default: %(default)s)",
     )
-    parser.add_argument("--device", default=default.device, help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument(
-        "--format", type=str.upper, help="output format: JPEG, PNG, TIFF, WEBP, BMP or GIF (default: the input's)"
+        "--device",
+        default=os.environ.get("COLORIZER_DEVICE") or default.device,
+        help="auto, cpu, cuda or cuda:N (default: COLORIZER_DEVICE, else auto)",
+    )
+    parser.add_argument(
+        "--format", type=str.upper, choices=get_args(ImageFormat), help="output format (default: the input's)"
     )
     parser.add_argument("--quality", type=int, default=default.quality, help="JPEG/WebP quality (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
@@ -161,7 +183,12 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
         "--dry-run", action="store_true", help="list what would be colorized, skipped or refused; write nothing"
     )
     ray = parser.add_argument_group("cluster", "--engine ray: Ray Data over a cluster (pip install 'colorizer[ray]')")
-    ray.add_argument("--engine", default=default.engine, help="local or ray (default: %(default)s)")
+    ray.add_argument(
+        "--engine",
+        default=default.engine,
+        choices=get_args(ColorizeOptions.model_fields["engine"].annotation),
+        help="(default: %(default)s)",
+    )
     ray.add_argument("--address", help="the Ray cluster: auto or HOST:PORT (default: RAY_ADDRESS, else a local Ray)")
     ray.add_argument("--actors", type=int, help="model actors (default: one per GPU in the cluster, else 1)")
     ray.add_argument(
@@ -172,13 +199,15 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_colorize(args: argparse.Namespace, params: Params) -> int:
-    from colorizer.checkpoints import PRETRAINED_DIR
-    from colorizer.colorize import colorize
     from colorizer.config import ColorizeOptions
 
     flags = ("size", "batch_size", "workers", "worker_kind", "device", "format", "quality", "overwrite", "strict")
     flags += ("engine", "address", "actors", "cpus_per_actor", "gpus_per_actor")
+    # the flags are checked before torch is imported: a mistake is one line in well under a second
     options = ColorizeOptions.from_flags(**{flag: getattr(args, flag) for flag in flags})
+    from colorizer.checkpoints import PRETRAINED_DIR
+    from colorizer.colorize import colorize
+
     if args.dry_run:
         return _print_dry_run(args.src, args.dst, options)
     summary = colorize(args.src, args.dst, args.model or PRETRAINED_DIR, options)
@@ -242,6 +271,18 @@ def _run_ship(args: argparse.Namespace, params: Params) -> None:
     with tempfile.TemporaryDirectory() as work:
         rows = before_after(args.fetched, out, out / "before_after.jpg", Path(work))
     print(json.dumps({"model_sha256": info["model_sha256"], "before_after_rows": rows}))
+
+
+@command("completion", 'Print a shell completion script: eval "$(colorizer completion bash)".', needs_params=False)
+def _completion_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shell", choices=["bash", "zsh", "tcsh"], help="the shell to complete in")
+    parser.set_defaults(run=_run_completion)
+
+
+def _run_completion(args: argparse.Namespace, params: Params) -> None:
+    import shtab  # what dvc's own `dvc completion` uses
+
+    print(shtab.complete(build_parser(), shell=args.shell))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,24 +13,25 @@ What is read and where it goes: `colorize_inputs`; the model: `inference`; a pho
 from __future__ import annotations
 
 import csv
+import datetime
 import io
 import logging
 import os
 import posixpath
 import time
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from colorizer import storage
-from colorizer.checkpoints import PRETRAINED_DIR
+from colorizer.checkpoints import PRETRAINED_DIR, read_model_info
 from colorizer.colorize_inputs import check_paths, count_inputs, dst_lock, enumerate_inputs, remove_temp_leftovers
 from colorizer.colorize_worker import (
     Job,
@@ -46,13 +47,16 @@ from colorizer.colorize_worker import (
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.devices import pick_device
 from colorizer.files import progress
-from colorizer.inference import ModelRunner, input_size, predict_in_halves
+from colorizer.inference import ModelRunner, description_of, input_size, predict_in_halves
 from colorizer.parallel import INLINE, OrderedMap, RestartingPool, batched, process_pool, thread_pool
 from colorizer.storage import Location
 
 log = logging.getLogger(__name__)
 REPORT_NAME = "colorize_report.csv"
 REPORT_COLUMNS = ["path", "status", "reason", "width", "height", "seconds"]
+# one line per run into a DST, appended (the report holds the last run's rows: a rerun's `skipped`)
+HISTORY_NAME = "colorize_history.csv"
+HISTORY_COLUMNS = ["finished_utc", "engine", "done", "skipped", "failed", "seconds"]
 # Workers run at the lowest priority. Where torch has a thread on every core, a worker that preempts
 # one of them stalls every parallel op of the model; at nice 19 the workers run mostly in the model's
 # serial moments and while it waits for them, then on all cores. (Not SCHED_IDLE: that would starve
@@ -63,12 +67,31 @@ NOT_FINITE = "model error: the prediction is not finite (NaN or inf): the model 
 PreparedItem = tuple[Job, Prepared | Outcome | Exception]  # a job and what `prepare` made of it
 
 
+class Row(typing.NamedTuple):
+    """One input's outcome, as its line in the report."""
+
+    path: str  # relative to SRC (an archive's member name)
+    status: str  # done, skipped or failed
+    reason: str
+    width: int | None
+    height: int | None
+    seconds: float
+
+
 @dataclass
 class Summary:
-    """One row per input, by input number, and the progress bar that counts them."""
+    """One row per input, by input number, and the progress bar that counts them. Iterating gives
+    the `Row`s in input order, as the report lists them."""
 
     bar: typing.Any
     rows: dict[int, tuple[str, Outcome]] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Row]:
+        for _, (relative, o) in sorted(self.rows.items()):
+            yield Row(relative, o.status, o.reason, o.width, o.height, o.seconds)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
     def record(self, job: Job, outcome: Outcome, seconds_before: float = 0.0) -> None:
         outcome.seconds += seconds_before
@@ -152,20 +175,22 @@ def _colorize(
     size = input_size(model_dir, options)
     prepare_one = partial(prepare, size=size, max_pixels=options.max_pixels)
     started = time.perf_counter()
-    # the first photos are decoded while the model loads (~0.2 s for a full-width generator)
     prepared = OrderedMap(pool, prepare_one, jobs_to_do(src, dst, options, summary), window).start()
-    try:
+
+    @cache
+    def model() -> ModelRunner:
+        """Loaded when the first photo to colorize is decoded (the photos after it decode meanwhile):
+        a rerun that finds every output written never loads it."""
         runner = ModelRunner(model_dir, options)
-    except BaseException:  # a damaged model, a --size it can't take: no photo was written
-        prepared.cancel()
-        summary.bar.close()
-        raise
-    log.debug(
-        "colorize: model at %d px on %s (autocast %s), %d %s workers",
-        *(runner.size, runner.device, runner.amp_dtype, workers, type(pool).__name__),
-    )
-    write_one = partial(finish, quality=options.quality, max_pixels=options.max_pixels, description=runner.description)
-    written = OrderedMap(pool, write_one, predict_batches(runner, prepared, options.batch_size, summary), window)
+        log.debug(
+            "colorize: model at %d px on %s (autocast %s), %d %s workers",
+            *(runner.size, runner.device, runner.amp_dtype, workers, type(pool).__name__),
+        )
+        return runner
+
+    description = description_of(read_model_info(model_dir))
+    write_one = partial(finish, quality=options.quality, max_pixels=options.max_pixels, description=description)
+    written = OrderedMap(pool, write_one, predict_batches(model, prepared, options.batch_size, summary), window)
     try:
         for prediction, outcome in written:
             summary.record(prediction.job, as_outcome(outcome), prediction.seconds)
@@ -178,6 +203,7 @@ def _colorize(
     finally:
         summary.bar.close()
         write_report(storage.join(dst, REPORT_NAME), summary, options.report_seconds)
+        append_history(dst, summary, "local", time.perf_counter() - started)
     log_summary(summary, dst, time.perf_counter() - started)
     return summary
 
@@ -203,10 +229,13 @@ def jobs_to_do(src: Location, dst: Location, options: ColorizeOptions, summary: 
 
 
 def predict_batches(
-    runner: ModelRunner, prepared: Iterable[PreparedItem], batch_size: int, summary: Summary
+    model: Callable[[], ModelRunner], prepared: Iterable[PreparedItem], batch_size: int, summary: Summary
 ) -> Iterator[Prediction]:
-    """Batches of prepared photos through the model; the ones that failed on the way are recorded."""
+    """Batches of prepared photos through the model (`model()` gives it, loading it the first time:
+    a damaged one stops the run here, before any photo is written); the ones that failed on the way
+    are recorded."""
     for batch in batched(photos_ready(prepared, summary), batch_size):
+        runner = model()
         started = time.perf_counter()
         results = predict_in_halves(runner.predict, [photo.L_small for _, photo in batch])
         share = (time.perf_counter() - started) / len(batch)
@@ -258,6 +287,20 @@ def as_outcome(result: Outcome | Exception) -> Outcome:
     if isinstance(result, BrokenProcessPool):  # the pool restarts itself for the photos after these
         return Outcome("failed", "a worker process died with this photo in flight (out of memory?); rerun to retry")
     return Outcome("failed", f"worker error: {type(result).__name__}: {result}")
+
+
+def append_history(dst: Location, summary: Summary, engine: str, seconds: float) -> None:
+    """Add this run's line to DST's history of runs (an interrupted run's too): what every earlier
+    run did, which the report, rewritten by each run, no longer says."""
+    path = storage.join(dst, HISTORY_NAME)
+    earlier = storage.read_bytes(path) if storage.exists(path) else ",".join(HISTORY_COLUMNS).encode() + b"\n"
+    finished = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    counts = [summary.count(status) for status in ("done", "skipped", "failed")]
+    line = ",".join(map(str, [finished, engine, *counts, round(seconds, 1)])) + "\n"
+    try:
+        storage.write_bytes(path, earlier + line.encode())
+    except Exception as e:  # a full disk, say: the report and the outputs are what matter, and they are written
+        log.warning("%s: could not append this run (%s)", path, getattr(e, "strerror", None) or e)
 
 
 def write_report(path: Location, summary: Summary, seconds: bool = True) -> None:

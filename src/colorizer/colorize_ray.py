@@ -28,7 +28,15 @@ import numpy as np
 
 from colorizer import storage
 from colorizer.checkpoints import read_model_info
-from colorizer.colorize import NOT_FINITE, REPORT_NAME, Summary, log_summary, planned_inputs, write_report
+from colorizer.colorize import (
+    NOT_FINITE,
+    REPORT_NAME,
+    Summary,
+    append_history,
+    log_summary,
+    planned_inputs,
+    write_report,
+)
 from colorizer.colorize_inputs import count_inputs, remove_temp_leftovers
 from colorizer.colorize_worker import Job, Outcome, Prediction, Prepared, finish, prepare
 from colorizer.config import ColorizeOptions, UserError
@@ -98,6 +106,7 @@ def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: Co
     finally:
         summary.bar.close()
         write_report(storage.join(dst, REPORT_NAME), summary, options.report_seconds)
+        append_history(dst, summary, "ray", time.perf_counter() - started)
     log_summary(summary, dst, time.perf_counter() - started, engine=f" (ray, {actors} actors)")
     return summary
 

@@ -64,10 +64,13 @@ def predict_in_halves(predict, batch: list[np.ndarray]) -> list[np.ndarray | Exc
         return predict_in_halves(predict, batch[:middle]) + predict_in_halves(predict, batch[middle:])
 
 
-def colorize_image(runner: ModelRunner, data: bytes, fmt: str = "PNG", quality: int = 95) -> bytes:
+def colorize_image(
+    runner: ModelRunner, data: bytes, fmt: str = "PNG", quality: int = 95, max_pixels: int | None = None
+) -> bytes:
     """One photo in memory, colorized as `colorizer colorize` writes it (full-resolution L, a*b* from
-    the model at its size): what the MLflow model serves. Raises RejectedImage for a file it can't read."""
-    decoded = decode(data, ColorizeOptions().max_pixels)
+    the model at its size): what the MLflow model serves. Raises RejectedImage for a file it can't
+    read or one over `max_pixels` (colorize's cap by default)."""
+    decoded = decode(data, max_pixels or ColorizeOptions().max_pixels)
     ab_small = runner.predict(model_input(decoded, runner.size)[None])[0]
     if not np.isfinite(ab_small).all():
         raise ValueError("the prediction is not finite (NaN or inf): the model is damaged or diverged")

@@ -174,7 +174,24 @@ def run_entry(name: str, work: Callable[[], int | None]) -> int:
     except (UserError, FileNotFoundError) as e:
         print(f"colorizer {name}: {e}", file=sys.stderr)
         return 2
+    except TimeoutError as e:  # a storage that stopped answering (fsspec's and socket timeouts)
+        from colorizer.storage import TIMEOUT_VARIABLE
+
+        print(
+            f"colorizer {name}: the storage did not answer in time ({e or 'timed out'}); every output written so "
+            f"far is complete: check it and rerun to go on ({TIMEOUT_VARIABLE} sets the wait in seconds)",
+            file=sys.stderr,
+        )
+        return 2
+    except MemoryError:
+        return _out_of_memory(name, "MemoryError")
+    except ImportError as e:  # a library that could not be mapped into a limited address space
+        if not _memory_failure(e):
+            raise
+        return _out_of_memory(name, str(e))
     except OSError as e:
+        if _memory_failure(e):
+            return _out_of_memory(name, e.strerror or str(e))
         if e.errno not in STORAGE_ERRORS:
             raise
         where = f"{e.filename}: " if e.filename else ""
@@ -187,6 +204,37 @@ def run_entry(name: str, work: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"colorizer {name}: interrupted", file=sys.stderr)
         return 130
+
+
+MEMORY_MESSAGES = ("failed to map segment", "unable to mmap", "cannot allocate memory", "out of memory")
+
+
+def _address_space_limit() -> int | None:
+    """This process's address-space limit in bytes (`ulimit -v`), or None where there is none."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _memory_failure(e: BaseException) -> bool:
+    """Whether an error is memory running out: ENOMEM, a mapping refused, or, under an address-space
+    limit, a shared library that could not be loaded (what a library reports when its mmap fails)."""
+    text = str(e).lower()
+    if getattr(e, "errno", None) == errno.ENOMEM or any(message in text for message in MEMORY_MESSAGES):
+        return True
+    return _address_space_limit() is not None and ("shared object" in text or ".so" in text)
+
+
+def _out_of_memory(name: str, detail: str) -> int:
+    limit = _address_space_limit()
+    where = f"; this process may map {limit / 2**30:.2f} GiB (ulimit -v): raise that" if limit else ""
+    print(
+        f"colorizer {name}: out of memory ({detail.splitlines()[0][:160]}){where}, or lower --batch-size "
+        "and --workers; every output written so far is complete",
+        file=sys.stderr,
+    )
+    return 2
 
 
 def stage_main(work: Callable[..., object], distributed: bool = False) -> int:

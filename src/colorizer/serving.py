@@ -34,14 +34,27 @@ RUNTIME_PACKAGES = (
 )
 
 
+# A server's bounds (its environment sets them): a photo's pixels (a small PNG can hold 89 MP, ~0.7 GB
+# to colorize) and the photos colorized at once (requests come on the server's threads).
+MAX_PIXELS_VARIABLE, CONCURRENCY_VARIABLE = "COLORIZER_SERVE_MAX_PIXELS", "COLORIZER_SERVE_CONCURRENCY"
+DEFAULT_MAX_PIXELS, DEFAULT_CONCURRENCY = 40_000_000, 1
+
+
 class ColorizerModel(mlflow.pyfunc.PythonModel):
-    """Loads the exported generator (model.json + generator.safetensors, checked against its sha256)."""
+    """Loads the exported generator (model.json + generator.safetensors, checked against its sha256).
+    At most COLORIZER_SERVE_CONCURRENCY photos (1) are colorized at once, each of at most
+    COLORIZER_SERVE_MAX_PIXELS (40 MP): a larger one is that row's error."""
 
     def load_context(self, context) -> None:
+        import os
+        import threading
+
         from colorizer.config import ColorizeOptions
         from colorizer.inference import ModelRunner
 
         self.runner = ModelRunner(Path(context.artifacts["model"]), ColorizeOptions())
+        self.max_pixels = int(os.environ.get(MAX_PIXELS_VARIABLE, DEFAULT_MAX_PIXELS))
+        self.slots = threading.BoundedSemaphore(int(os.environ.get(CONCURRENCY_VARIABLE, DEFAULT_CONCURRENCY)))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from colorizer.inference import colorize_image
@@ -49,11 +62,13 @@ class ColorizerModel(mlflow.pyfunc.PythonModel):
         colorized, errors = [], []
         for data in model_input[INPUT_COLUMN]:
             try:
-                colorized.append(colorize_image(self.runner, bytes(data)))
+                with self.slots:  # the others wait: memory stays that of this many photos
+                    colorized.append(colorize_image(self.runner, bytes(data), max_pixels=self.max_pixels))
                 errors.append("")  # not None: the schema's string column would turn it into NaN
             except Exception as e:  # this row's answer; the request's other photos still get theirs
                 colorized.append(None)
-                errors.append(str(e) or type(e).__name__)
+                why = str(e) or type(e).__name__
+                errors.append(f"{why} ({MAX_PIXELS_VARIABLE})" if "-pixel cap" in why else why)
         return pd.DataFrame({OUTPUT_COLUMN: colorized, ERROR_COLUMN: errors})
 
 

@@ -37,12 +37,37 @@ def is_url(text: str | os.PathLike) -> bool:
     return isinstance(text, str) and ("://" in text or "::" in text)
 
 
+# Seconds any one wait on an HTTP(S) server may take (connecting, or the next bytes of a read): a
+# server that accepts and never answers must end the run, not hang it. Object stores' SDKs have
+# their own (botocore: 60 s).
+TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS = "COLORIZER_STORAGE_TIMEOUT", 60.0
+
+
+def timeout_seconds() -> float:
+    return float(os.environ.get(TIMEOUT_VARIABLE) or DEFAULT_TIMEOUT_SECONDS)
+
+
+def _storage_options(url: str) -> dict:
+    """fsspec options for the URL's protocols: HTTP(S) reads with a deadline on every wait (by
+    protocol name, as fsspec takes them for a chained URL such as zip::https://...)."""
+    if "http://" not in url and "https://" not in url:
+        return {}
+    import aiohttp
+
+    wait = timeout_seconds()
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=wait, sock_read=wait)
+    options = {"client_kwargs": {"timeout": timeout}}
+    if url.startswith(("http://", "https://")):
+        return options
+    return {"https" if "https://" in url else "http": options}
+
+
 def filesystem(url: str):
     """(fsspec filesystem, path inside it) for a URL; a clear line when its package is missing."""
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **_storage_options(url))
     except ImportError as e:  # fsspec names the package, e.g. "Install s3fs to access S3"
         extra = "; pip install 'colorizer[s3]'" if url.startswith(("s3://", "s3a://")) or "::s3" in url else ""
         raise UserError(f"{url}: {e}{extra}") from None
@@ -63,7 +88,21 @@ def exists(where: Location) -> bool:
     if isinstance(where, Path):
         return where.exists()
     fs, path = filesystem(archive_file(where) or where)
-    return fs.exists(path)
+    try:  # fsspec's own exists() says False for any error: a server that timed out is not "missing"
+        fs.info(path)
+    except Exception as e:
+        timed_out = next((c for c in _causes(e) if isinstance(c, TimeoutError)), None)
+        if timed_out is not None:
+            raise TimeoutError(f"{where}: {timed_out or 'no answer'} after {timeout_seconds():g} s") from None
+        return False
+    return True
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error and the ones it was raised from (fsspec's HTTP info turns a timeout into FileNotFoundError)."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def is_folder(where: Location) -> bool:
