@@ -810,3 +810,60 @@ def test_an_http_src_whose_server_never_answers_ends_with_one_line(tmp_path, mon
     assert time.monotonic() - started < 30  # a few 1-second waits, not forever
     [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("colorizer colorize:")]
     assert "Timeout" in line and held  # the server was reached, and never answered
+
+
+def test_sigterm_stops_within_seconds_with_a_worker_blocked_in_a_read(tmp_path):
+    """The photo's server sends its headers and a few bytes, then nothing (a hung mount's read): the
+    worker reading it can't be interrupted, and the run still stops on SIGTERM, report written, 130."""
+    import socket
+    import threading
+
+    from tests.conftest import free_port
+
+    port, held = free_port(), []
+    listener = socket.create_server(("127.0.0.1", port))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nContent-Type: image/png\r\n\r\n"
+
+    def serve():
+        while not stop.is_set():
+            try:
+                connection = listener.accept()[0]
+            except TimeoutError:
+                continue
+            if connection.recv(4096).startswith(b"HEAD"):
+                connection.sendall(head)
+                connection.close()
+            else:
+                connection.sendall(head + b"\x89PNG")
+                held.append(connection)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    run = subprocess.Popen(
+        [sys.executable, "-m", "colorizer.cli", "colorize", f"http://127.0.0.1:{port}/a.png", str(tmp_path / "dst")]
+        + ["--workers", "1"],
+        env=os.environ | {"COLORIZER_STORAGE_TIMEOUT": "600"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not held and time.monotonic() < deadline:  # the GET hanging
+            time.sleep(0.2)
+        assert held, "the run never got to read the photo"
+        time.sleep(1.0)
+        run.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        assert run.wait(timeout=30) == 130
+        assert time.monotonic() - signalled < 15  # the workers' grace (5 s) and the report
+    finally:
+        run.kill()
+        stop.set()
+        server.join()
+        for connection in held:
+            connection.close()
+        listener.close()
+    assert "interrupted" in run.stderr.read()
+    assert (tmp_path / "dst" / REPORT_NAME).is_file()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from colorizer.runtime import run_entry, setup_logging, setup_process
+from colorizer.runtime import leave_blocked_threads, run_entry, setup_logging, setup_process
 
 if TYPE_CHECKING:  # imported where used: worker processes import this module (spawn re-imports __main__)
     from colorizer.config import Params
@@ -315,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params) if getattr(args, "params", None) else Params()
         return args.run(args, params)
 
-    return run_entry(args.command, work)
+    code = run_entry(args.command, work)
+    leave_blocked_threads(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -123,10 +123,14 @@ def colorize(
             return colorize_with_ray(src, dst, model_dir, options)
         workers = options.workers if options.workers is not None else default_workers()
         pool = start_workers(workers, options.worker_kind, pick_device(options.device, "--device"))  # before the model
+        stopped = False
         try:
             return _colorize(src, dst, model_dir, options, pool, workers)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except KeyboardInterrupt:
+            stopped = True
+            raise
+        finally:  # stopped: the report is written; a worker blocked in a read (a hung mount) is not waited for
+            pool.shutdown(wait=not stopped, cancel_futures=True)
 
 
 def dry_run(

@@ -206,6 +206,28 @@ def run_entry(name: str, work: Callable[[], int | None]) -> int:
         return 130
 
 
+def leave_blocked_threads(code: int, grace_seconds: float = 5.0) -> None:
+    """After Ctrl-C or SIGTERM (exit code 130), with the report written: a worker thread blocked in a
+    read (a hung network mount, a server that stopped answering) would hold the interpreter's exit
+    forever, since it joins every worker thread. The workers get `grace_seconds` to finish; then the
+    process leaves without them."""
+    if code != 130:
+        return
+    deadline = time.monotonic() + grace_seconds
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in others):
+        print(
+            f"colorizer: {sum(t.is_alive() for t in others)} worker(s) still blocked (in a read?): leaving them",
+            file=sys.stderr,
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 MEMORY_MESSAGES = ("failed to map segment", "unable to mmap", "cannot allocate memory", "out of memory")
 
 
