@@ -61,11 +61,30 @@ def process_group(world: World, device: torch.device, timeout_minutes: float = 3
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
-    dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes), **kwargs)
+    timeout = timedelta(minutes=timeout_minutes)
+    store = _store_of_this_start(world, timeout)
+    if store is not None:
+        kwargs |= {"store": store, "rank": world.rank, "world_size": world.size}
+    dist.init_process_group(backend, timeout=timeout, **kwargs)
     try:
         yield
     finally:
         dist.destroy_process_group()
+
+
+def _store_of_this_start(world: World, timeout: timedelta) -> dist.Store | None:
+    """Under torchrun (its agent hosts the store), the store seen under a prefix of this start of the
+    ranks. After `--max-restarts` restarts a failed worker group, torch tells the new ranks that the
+    store is new when it is the same one (same port, torch 2.13; pytorch#167288), and the process
+    group reads the dead ranks' addresses: gloo's connect is refused or hangs. Every restart starts
+    every rank once, so each rank's own start count (kept in the store) names the start they share."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None  # a plain env:// world: rank 0 hosts a new store every time
+    agent_store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world.size, is_master=False, timeout=timeout
+    )
+    start = agent_store.add(f"colorizer/starts/rank{world.rank}", 1)
+    return dist.PrefixStore(f"colorizer/start{start}", agent_store)
 
 
 def barrier(world: World) -> None:
