@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -82,6 +83,9 @@ def log_model(
     `registered_model_name`, tagged with `scores`, the choice rule's figures); returns the model's
     URI. The colorizer package's code goes with it, so it serves from any environment that has the
     packages of `requirements()`."""
+    # MLflow checks the input example by downloading the model it just logged, with a progress bar per
+    # file that would land in the middle of `dvc exp run`'s output; a user's own setting wins
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / "colorizer"
         # The package's modules only: not the shipped weights beside them (12 MB) nor bytecode.
