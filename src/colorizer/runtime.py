@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Errors of the storage, not of the program: a full disk or quota, a failing device, a read-only mount.
+# seconds a storage may keep colorize waiting (storage.timeout_seconds); named here for the message
+STORAGE_TIMEOUT_VARIABLE = "COLORIZER_STORAGE_TIMEOUT"
 STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
@@ -175,11 +177,9 @@ def run_entry(name: str, work: Callable[[], int | None]) -> int:
         print(f"colorizer {name}: {e}", file=sys.stderr)
         return 2
     except TimeoutError as e:  # a storage that stopped answering (fsspec's and socket timeouts)
-        from colorizer.storage import TIMEOUT_VARIABLE
-
         print(
             f"colorizer {name}: the storage did not answer in time ({e or 'timed out'}); every output written so "
-            f"far is complete: check it and rerun to go on ({TIMEOUT_VARIABLE} sets the wait in seconds)",
+            f"far is complete: check it and rerun to go on ({STORAGE_TIMEOUT_VARIABLE} sets the wait in seconds)",
             file=sys.stderr,
         )
         return 2

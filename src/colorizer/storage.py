@@ -18,6 +18,7 @@ from typing import IO
 
 from colorizer.config import UserError
 from colorizer.files import atomic_write_bytes, is_temp_name
+from colorizer.runtime import STORAGE_TIMEOUT_VARIABLE
 
 Location = Path | str
 ARCHIVE_CHAINS = ("zip::", "tar::")  # fsspec's archive filesystems, read here as our archives are
@@ -40,7 +41,7 @@ def is_url(text: str | os.PathLike) -> bool:
 # Seconds any one wait on an HTTP(S) server may take (connecting, or the next bytes of a read): a
 # server that accepts and never answers must end the run, not hang it. Object stores' SDKs have
 # their own (botocore: 60 s).
-TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS = "COLORIZER_STORAGE_TIMEOUT", 60.0
+TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_SECONDS = STORAGE_TIMEOUT_VARIABLE, 60.0
 
 
 def timeout_seconds() -> float:
