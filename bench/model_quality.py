@@ -4,7 +4,10 @@ keeps each original's CIE L* and has a*b* = 0 (evaluate's baseline), so the figu
 alone. Not a speed benchmark: `make bench` does not run it.
 
 usage: python -m bench.model_quality FETCHED SPLIT MODEL_DIR [MODEL_DIR ...]
-prints one JSON line: per model, the means over the photographs and each photo's figures
+prints one JSON line: per model, the means over the photographs and each photo's figures, its
+choice score (hue agreement + a tenth of the PSNR gain) and, for every model after the first, the
+difference of scores from the first with a paired bootstrap 95% interval over the photographs (the
+model card's rule: a challenger replaces the first only when that interval is above 0)
 """
 
 from colorizer.runtime import setup_process
@@ -77,7 +80,36 @@ def main(fetched: Path, split: str, model_dirs: list[Path]) -> dict:
             out = Path(work) / f"model-{index}"
             colorize(src, out, model_dir, ColorizeOptions(workers=1, report_seconds=False))
             results[str(model_dir)] = score(originals, out)
+    first = results[str(model_dirs[0])]["per_photo"]
+    for model_dir in model_dirs:
+        found = results[str(model_dir)]
+        found["score"] = round(choice_score(found["per_photo"], np.arange(len(first))), 4)
+        if model_dir != model_dirs[0]:
+            found["vs_first"] = paired_difference(found["per_photo"], first)
     return results
+
+
+def choice_score(per_photo: dict, picks: np.ndarray) -> float:
+    """Hue agreement (photos with colourful pixels) plus a tenth of the PSNR gain, over `picks`."""
+    names = sorted(per_photo)
+    hue = np.array([per_photo[names[i]]["hue_agreement"] for i in picks], dtype=float)
+    gain = np.array([per_photo[names[i]]["psnr_gain"] for i in picks], dtype=float)
+    return float(np.nanmean(hue) + 0.1 * gain.mean())
+
+
+def paired_difference(challenger: dict, incumbent: dict, draws: int = 2000, seed: int = 0) -> dict:
+    """The challenger's score minus the incumbent's, and a 95% interval from resampling the photos
+    (the same resample for both: the photos, not the models, vary most)."""
+    rng = np.random.default_rng(seed)
+    count = len(incumbent)
+    every = np.arange(count)
+    differences = []
+    for _ in range(draws):
+        picks = rng.integers(0, count, count)
+        differences.append(choice_score(challenger, picks) - choice_score(incumbent, picks))
+    low, high = np.percentile(differences, [2.5, 97.5])
+    difference = choice_score(challenger, every) - choice_score(incumbent, every)
+    return {"difference": round(difference, 4), "ci95": [round(float(low), 4), round(float(high), 4)]}
 
 
 if __name__ == "__main__":
