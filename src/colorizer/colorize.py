@@ -207,7 +207,8 @@ def _colorize(
     finally:
         summary.bar.close()
         write_report(storage.join(dst, REPORT_NAME), summary, options.report_seconds)
-        append_history(dst, summary, "local", time.perf_counter() - started)
+        if options.history:
+            append_history(dst, summary, "local", time.perf_counter() - started)
     log_summary(summary, dst, time.perf_counter() - started)
     return summary
 

@@ -106,7 +106,8 @@ def colorize_with_ray(src: Location, dst: Location, model_dir: Path, options: Co
     finally:
         summary.bar.close()
         write_report(storage.join(dst, REPORT_NAME), summary, options.report_seconds)
-        append_history(dst, summary, "ray", time.perf_counter() - started)
+        if options.history:
+            append_history(dst, summary, "ray", time.perf_counter() - started)
     log_summary(summary, dst, time.perf_counter() - started, engine=f" (ray, {actors} actors)")
     return summary
 

@@ -184,6 +184,7 @@ class ColorizeOptions(Section):
     max_pixels: int = Field(250_000_000, gt=0)  # decompression-bomb cap for one scan
     precision: Precision = "auto"
     report_seconds: bool = True  # the report's per-photo seconds (the showcase stage leaves them out)
+    history: bool = True  # add this run's line to DST/colorize_history.csv (not in the showcase's DVC output)
     engine: Literal["local", "ray"] = "local"  # ray: Ray Data on a cluster (the `ray` extra)
     address: str | None = None  # the Ray cluster: auto, HOST:PORT; None: RAY_ADDRESS, else a local one
     actors: int | None = Field(None, gt=0)  # model actors; None: one per GPU in the cluster, else 1

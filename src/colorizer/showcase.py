@@ -63,8 +63,9 @@ def showcase(
     else:
         source = Path(cfg.input)
     outputs = out_dir / "output"
-    # Without the report's seconds, which differ on every run: a second run changes nothing DVC hashes.
-    options = cfg.colorize.model_copy(update={"overwrite": True, "report_seconds": False})
+    # Without the report's seconds and the run history, which differ on every run: a second run
+    # changes nothing DVC hashes.
+    options = cfg.colorize.model_copy(update={"overwrite": True, "report_seconds": False, "history": False})
     summary = colorize(source, outputs, model_dir, options)
     rows = []
     for relative, outcome in sorted(summary.rows.values(), key=lambda row: row[0])[: cfg.contact_sheet_rows]:

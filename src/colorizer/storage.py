@@ -89,7 +89,9 @@ def exists(where: Location) -> bool:
     if isinstance(where, Path):
         return where.exists()
     fs, path = filesystem(archive_file(where) or where)
-    try:  # fsspec's own exists() says False for any error: a server that timed out is not "missing"
+    if "http" not in fs.protocol:
+        return fs.exists(path)  # object stores raise what is not "missing" (no credentials, say)
+    try:  # fsspec's HTTP exists() says False for any error: a server that timed out is not "missing"
         fs.info(path)
     except Exception as e:
         timed_out = next((c for c in _causes(e) if isinstance(c, TimeoutError)), None)
