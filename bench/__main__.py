@@ -30,15 +30,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import ddp_scaling, photo_costs, profile_train, ray_engine
 from bench.common import matmul_gflops, sync, time_calls, write_jpegs
-from colorizer.checkpoints import export_model
+from colorizer.colorize.inference import ModelRunner
 from colorizer.config import PIX2PIX_WIDTHS, ColorizeOptions, ModelConfig, TrainConfig, parse_params
+from colorizer.data.shards import LabShardDataset, write_shards
+from colorizer.data.synthetic import synthetic_shards
 from colorizer.devices import autocast_dtype, pick_device
-from colorizer.inference import ModelRunner
-from colorizer.models import Discriminator, Generator
 from colorizer.runtime import keep_freed_memory
-from colorizer.shards import LabShardDataset, write_shards
-from colorizer.synthetic import synthetic_shards
-from colorizer.train import build_gan, make_loader, train
+from colorizer.training.checkpoints import export_model
+from colorizer.training.models import Discriminator, Generator
+from colorizer.training.train import build_gan, make_loader, train
 
 SIZE, BATCH = 256, 8  # the design document's image size; the batch of the training and inference rows
 COLORIZE_BATCH = ColorizeOptions().batch_size  # colorize's default, and the model's alongside it
@@ -165,7 +165,7 @@ def bench_infer(model_dir: Path, device: torch.device, repeats: int) -> dict:
     batch = np.random.default_rng(0).uniform(-1, 1, (BATCH, 1, SIZE, SIZE)).astype(np.float32)
     seconds = []
     for _ in range(3):
-        predict = ModelRunner(model_dir, ColorizeOptions(device=device.type)).predict
+        predict = ModelRunner(model_dir, device=device.type).predict
         seconds.append(time_calls(functools.partial(predict, batch), device, repeats=repeats, min_seconds=1.5))
     return {"infer_img_s": BATCH / statistics.median(seconds)}
 
@@ -243,7 +243,7 @@ def quality_check(root: Path, device: torch.device) -> dict:
             }
         )
         out = root / "quality" / precision
-        final = train(params, shards, out / "model", out / "state", out / "plots.csv", out / "m.json", log_model=False)
+        final = train(params, shards, out / "model", out / "state", out / "plots.csv", out / "m.json")
         results[precision] = final["val_g_l1"]
     return {
         "quality_val_l1_fp32": results["fp32"],

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import time_calls
-from colorizer.colorize import colorize
+from colorizer.colorize.bulk import colorize
+from colorizer.colorize.inference import ModelRunner
 from colorizer.config import ColorizeOptions
-from colorizer.inference import ModelRunner
 
 
 def inference_seconds(runner: ModelRunner, batch: int) -> tuple[float, float]:
@@ -36,7 +36,7 @@ def inference_seconds(runner: ModelRunner, batch: int) -> tuple[float, float]:
 
 def main(src: Path, dst: Path, model: Path, device: str, batch: int) -> dict:
     options = ColorizeOptions(device=device, batch_size=batch)
-    step, core_seconds = inference_seconds(ModelRunner(model, options), batch)  # its copy is freed on return
+    step, core_seconds = inference_seconds(ModelRunner(model, device=device), batch)  # its copy is freed on return
     started = time.perf_counter()
     summary = colorize(src, dst, model, options)
     seconds = time.perf_counter() - started

@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from colorizer.colorize import colorize
+from colorizer.colorize.bulk import colorize
 from colorizer.config import ColorizeOptions
-from colorizer.lab import lab_to_rgb_uint8, rgb_to_lab
-from colorizer.metrics import colourfulness, hue_agreement, psnr
+from colorizer.data.lab import lab_to_rgb_uint8, rgb_to_lab
+from colorizer.training.metrics import colourfulness, hue_agreement, psnr
 
 
 def photographs(fetched: Path, split: str) -> pd.DataFrame:

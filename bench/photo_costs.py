@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from colorizer.colorize_worker import (
+from colorizer.colorize.worker import (
     CARRY_MAX_BYTES,
     Job,
     Prediction,
@@ -37,9 +37,9 @@ from colorizer.colorize_worker import (
     recombine,
     warm_up,
 )
+from colorizer.data.images import decode, encode_colorized
+from colorizer.data.synthetic import colourful
 from colorizer.files import atomic_write_bytes
-from colorizer.images import decode, encode_colorized
-from colorizer.synthetic import colourful
 
 
 def core_ms(fn, repeats: int = 20) -> float:

@@ -33,7 +33,7 @@ def main(root: Path, model_dir: Path) -> dict:
         return {}
     import torch
 
-    from colorizer.colorize import colorize
+    from colorizer.colorize.bulk import colorize
     from colorizer.config import ColorizeOptions
 
     write_jpegs(root / "scans", PHOTOS)
@@ -90,9 +90,9 @@ def table_rows(f: dict) -> list[tuple[str, str, str]]:
 
 if __name__ == "__main__":
     from bench.__main__ import DISCRIMINATOR_WIDTHS, SIZE
-    from colorizer.checkpoints import export_model
     from colorizer.config import PIX2PIX_WIDTHS
-    from colorizer.models import Discriminator, Generator
+    from colorizer.training.checkpoints import export_model
+    from colorizer.training.models import Discriminator, Generator
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"

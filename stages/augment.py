@@ -7,11 +7,11 @@ from colorizer.runtime import stage_main
 
 
 def augment(fetched: Path, out: Path) -> None:
-    """Write one RGB pack per split (colorizer.augment.augment)."""
+    """Write one RGB pack per split (colorizer.data.augment.augment)."""
     import json
 
-    from colorizer import augment as augmenting  # imported after stage_main's process setup
     from colorizer.config import load_params
+    from colorizer.data import augment as augmenting  # imported after stage_main's process setup
 
     params = load_params()
     print(json.dumps(augmenting.augment(params.augment, params.seed, fetched, out)))

@@ -7,11 +7,11 @@ from colorizer.runtime import stage_main
 
 
 def fetch(data: Path, corpus: Path, out: Path, cache: Path, summary: Path) -> None:
-    """Gather, decode and judge every candidate photo (colorizer.fetch.fetch)."""
+    """Gather, decode and judge every candidate photo (colorizer.data.fetch.fetch)."""
     import json
 
-    from colorizer import fetch as fetching  # imported after stage_main's process setup
     from colorizer.config import load_params
+    from colorizer.data import fetch as fetching  # imported after stage_main's process setup
 
     print(json.dumps(fetching.fetch(load_params().fetch, data, out, cache, summary, corpus_dir=corpus)))
 

@@ -7,10 +7,10 @@ from colorizer.runtime import stage_main
 
 
 def showcase(fetched: Path, model: Path, out: Path, contact_sheet: Path, metrics: Path) -> None:
-    """Colorize and lay out grey | colorized | original (colorizer.showcase.showcase)."""
+    """Colorize and lay out grey | colorized | original (colorizer.colorize.showcase.showcase)."""
     import json
 
-    from colorizer import showcase as showing  # imported after stage_main's process setup: torch loads here
+    from colorizer.colorize import showcase as showing  # imported after stage_main's process setup: torch loads here
     from colorizer.config import load_params
 
     print(json.dumps(showing.showcase(load_params().showcase, fetched, model, out, contact_sheet, metrics)))

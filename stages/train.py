@@ -8,11 +8,11 @@ from colorizer.runtime import stage_main
 
 
 def train(shards: Path, model: Path, state: Path, plots: Path, samples: Path, metrics: Path) -> None:
-    """Train (or resume) and export the generator (colorizer.train.train)."""
+    """Train (or resume) and export the generator (colorizer.training.train.train)."""
     import json
 
-    from colorizer import train as training  # imported after stage_main's process setup: torch loads here
     from colorizer.config import load_params
+    from colorizer.training import train as training  # imported after stage_main's process setup: torch loads here
 
     print(json.dumps(training.train(load_params(), shards, model, state, plots, metrics, samples_path=samples)))
 

@@ -1,11 +1,10 @@
-"""Shared helpers: tests make their own small images (nothing is read from outside the repo)."""
+"""The tests' fixtures (their helpers are in tests/helpers.py): tests make their own small images,
+nothing is read from outside the repo."""
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from colorizer.synthetic import colourful, synthetic_shards
-
-__all__ = ["colourful", "encode", "free_port", "resize_disk", "wait_for_files", "write_tiny_shards"]
+from colorizer.data.synthetic import colourful, synthetic_shards
+from tests.helpers import free_port
 
 
 @pytest.fixture(autouse=True)
@@ -31,13 +28,6 @@ def _library_logging_as_found():
     logger.setLevel(saved[0])
     logger.handlers[:] = saved[1]
     logger.propagate = saved[2]
-
-
-def encode(array_or_image, fmt: str = "PNG", **save_kwargs) -> bytes:
-    image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save_kwargs)
-    return buffer.getvalue()
 
 
 @pytest.fixture
@@ -83,27 +73,6 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def resize_disk(where: Path, kilobytes: int) -> None:
-    """Make room on (or shrink) a `small_disk`: its files stay."""
-    subprocess.run(["mount", "-o", f"remount,size={kilobytes}k", str(where)], check=True, capture_output=True)
-
-
-def wait_for_files(process: subprocess.Popen, *paths: Path, seconds: float = 120) -> None:
-    """Wait until every path exists while `process` runs; fail with its stderr if it ends first."""
-    deadline = time.monotonic() + seconds
-    while not all(path.exists() for path in paths):
-        if process.poll() is not None:
-            raise AssertionError(f"it ended first: {process.stderr.read()[-2000:] if process.stderr else ''}")
-        assert time.monotonic() < deadline, f"{', '.join(map(str, paths))}: not there after {seconds} s"
-        time.sleep(0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class S3Server:
     endpoint: str
@@ -124,8 +93,8 @@ def model_dir(tmp_path_factory):
     colours). Shared: no test writes into it (the ones that damage a model damage a copy)."""
     import torch
 
-    from colorizer.checkpoints import export_model
-    from colorizer.models import Discriminator, Generator
+    from colorizer.training.checkpoints import export_model
+    from colorizer.training.models import Discriminator, Generator
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("model")

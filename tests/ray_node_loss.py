@@ -20,9 +20,9 @@ import ray  # noqa: E402
 from ray._private import state as ray_state  # noqa: E402  (actors and their nodes, without the dashboard)
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from colorizer.checkpoints import PRETRAINED_DIR  # noqa: E402
-from colorizer.colorize import colorize  # noqa: E402
+from colorizer.colorize.bulk import colorize  # noqa: E402
 from colorizer.config import ColorizeOptions  # noqa: E402
+from colorizer.training.checkpoints import PRETRAINED_DIR  # noqa: E402
 
 
 def main(root: Path, outputs_before_kill: int) -> None:

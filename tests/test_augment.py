@@ -2,11 +2,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from colorizer.augment import augment, jitter_luminance, variants
 from colorizer.config import AugmentConfig, FetchConfig, SplitConfig
-from colorizer.fetch import fetch
-from colorizer.lab import rgb_to_lab
-from tests.conftest import colourful, encode
+from colorizer.data.augment import augment, jitter_luminance, variants
+from colorizer.data.fetch import fetch
+from colorizer.data.lab import rgb_to_lab
+from tests.helpers import colourful, encode
 
 CFG = AugmentConfig(image_size=32, copies_per_image=3)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from colorizer.checkpoints import (
+from colorizer.training.checkpoints import (
     GENERATOR_FILE,
     MODEL_INFO_FILE,
     CheckpointError,
@@ -14,7 +14,7 @@ from colorizer.checkpoints import (
     sha256_of,
     ship_generator,
 )
-from colorizer.models import Discriminator, Generator
+from colorizer.training.models import Discriminator, Generator
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_flipped_bits_inside_a_checkpoint_tensor_are_refused_on_resume(tmp_path)
     """torch.load reads a stored tensor with flipped bits without complaint: the checksum catches it."""
     import zipfile
 
-    from colorizer.checkpoints import load_checkpoint, save_checkpoint
+    from colorizer.training.checkpoints import load_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
     weights = Generator([8, 16, 16], 16).state_dict()

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from colorizer.cli import build_parser
-from colorizer.colorize import HISTORY_NAME, REPORT_NAME, colorize
+from colorizer.colorize.bulk import colorize
+from colorizer.colorize.report import HISTORY_NAME, REPORT_NAME
 from colorizer.config import ColorizeOptions
-from tests.conftest import colourful, encode
+from tests.helpers import colourful, encode
 
 COLORIZER = [sys.executable, "-m", "colorizer.cli"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colorizer.colorize import REPORT_NAME
+from colorizer.colorize.report import REPORT_NAME
 
 HERE = Path(__file__).parent
 
@@ -52,7 +52,7 @@ def test_losing_the_ray_node_that_runs_the_model_costs_no_photo(tmp_path):
 def two_node_command(port: int, node: str, params: Path, root: Path, shards: Path) -> list[str]:
     """One of two torchrun agents ("nodes", one rank each) meeting at a c10d rendezvous on loopback;
     node A hosts its store. A failed rank may be restarted once (both nodes' ranks restart)."""
-    from tests.test_distributed import train_command
+    from tests.helpers import train_command
 
     return [
         *(sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--max-restarts=1"),
@@ -71,9 +71,8 @@ def test_a_killed_rank_of_a_two_node_torchrun_resumes_to_the_uninterrupted_model
 
     import psutil
 
-    from colorizer.checkpoints import load_checkpoint, sha256_of
-    from tests.conftest import free_port
-    from tests.test_distributed import REPO, torchrun, train_command, write_params
+    from colorizer.training.checkpoints import load_checkpoint, sha256_of
+    from tests.helpers import REPO, free_port, torchrun, train_command, write_params
 
     # one thread per rank: the same arithmetic in both runs (a conv's sums depend on the threads)
     env = os.environ | {"DVC_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}

@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from colorizer import color_bins
-from colorizer.color_bins import annealed_mean, bin_counts, bin_set, bins_loss, rebalancing_weights, soft_encode
-from colorizer.lab import AB_SCALE
-from colorizer.models import FoldedGenerator, Generator
+from colorizer.data.lab import AB_SCALE
+from colorizer.training import color_bins
+from colorizer.training.color_bins import (
+    annealed_mean,
+    bin_counts,
+    bin_set,
+    bins_loss,
+    rebalancing_weights,
+    soft_encode,
+)
+from colorizer.training.models import FoldedGenerator, Generator
 
 
 def lab_units(*pairs):

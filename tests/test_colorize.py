@@ -15,13 +15,15 @@ import psutil
 import pytest
 from PIL import Image, ImageCms
 
+from colorizer import fast
 from colorizer.cli import main
-from colorizer.colorize import HISTORY_NAME, REPORT_NAME, colorize
+from colorizer.colorize.bulk import colorize
+from colorizer.colorize.inference import predict_in_halves
+from colorizer.colorize.report import HISTORY_NAME, REPORT_NAME
 from colorizer.config import ColorizeOptions, UserError
+from colorizer.data.lab import rgb_to_lab
 from colorizer.files import is_temp_name
-from colorizer.inference import predict_in_halves
-from colorizer.lab import rgb_to_lab
-from tests.conftest import colourful, encode, resize_disk
+from tests.helpers import colourful, encode, resize_disk
 
 
 def grey(width, height, seed=0):
@@ -143,7 +145,7 @@ def test_quiet_shows_only_problems_and_verbose_adds_detail(tmp_path, model_dir, 
     assert capsys.readouterr().err == ""
     assert main([*args[:2], str(tmp_path / "d3"), *args[2:], "-v"]) == 0
     verbose = capsys.readouterr().err
-    assert "DEBUG colorizer.colorize: colorize: model at 32 px on cpu" in verbose and "1 done" in verbose
+    assert "DEBUG colorizer.colorize.bulk: colorize: model at 32 px on cpu" in verbose and "1 done" in verbose
 
 
 def test_strict_exit_code_and_fatal_errors(tmp_path, model_dir, capsys):
@@ -332,7 +334,7 @@ def test_an_unknown_worker_kind_is_refused_by_name(tmp_path, model_dir):
 
 
 def test_photos_are_decoded_once_and_handed_on_compactly(tmp_path):
-    from colorizer.colorize_worker import CARRY_MAX_BYTES, Job, Prediction, finish, prepare
+    from colorizer.colorize.worker import CARRY_MAX_BYTES, Job, Prediction, finish, prepare
 
     (tmp_path / "grey.jpg").write_bytes(encode(grey(640, 480), "JPEG", quality=90))
     (tmp_path / "colour.jpg").write_bytes(encode(colourful(640, 480), "JPEG", quality=90))
@@ -366,7 +368,7 @@ def test_without_model_the_shipped_model_colorizes_and_is_checked(tmp_path, monk
     import json
     import shutil
 
-    from colorizer.checkpoints import GENERATOR_FILE, MODEL_INFO_FILE, PRETRAINED_DIR
+    from colorizer.training.checkpoints import GENERATOR_FILE, MODEL_INFO_FILE, PRETRAINED_DIR
 
     shipped = json.loads((PRETRAINED_DIR / MODEL_INFO_FILE).read_text())
     src = tmp_path / "src"
@@ -468,7 +470,7 @@ def test_a_model_with_nan_weights_is_refused(tmp_path, model_dir):
 
     from safetensors.torch import load_file, save_file
 
-    from colorizer.checkpoints import GENERATOR_FILE, MODEL_INFO_FILE, sha256_of
+    from colorizer.training.checkpoints import GENERATOR_FILE, MODEL_INFO_FILE, sha256_of
 
     broken = tmp_path / "model"
     shutil.copytree(model_dir, broken)
@@ -490,7 +492,7 @@ def test_finite_weights_that_predict_nan_fail_each_photo_and_write_nothing(tmp_p
 
     from safetensors.torch import load_file, save_file
 
-    from colorizer.checkpoints import GENERATOR_FILE, MODEL_INFO_FILE, sha256_of
+    from colorizer.training.checkpoints import GENERATOR_FILE, MODEL_INFO_FILE, sha256_of
 
     broken = tmp_path / "model"
     shutil.copytree(model_dir, broken)
@@ -580,7 +582,7 @@ def test_an_archive_is_read_member_by_member_not_whole(tmp_path, model_dir):
 def test_a_second_run_into_the_same_dst_is_refused_while_the_first_runs(tmp_path, model_dir):
     from filelock import FileLock
 
-    from colorizer.colorize_inputs import LOCK_NAME
+    from colorizer.colorize.inputs import LOCK_NAME
 
     (tmp_path / "src").mkdir()
     Image.fromarray(grey(40, 30)).save(tmp_path / "src" / "a.png")
@@ -739,7 +741,7 @@ def test_an_input_whose_output_a_link_in_dst_would_lead_out_is_a_failed_row(tmp_
     (dst / "sub").symlink_to(outside)
     for name in ("a.jpg", "sub/x.jpg"):
         (src / name).write_bytes(encode(Image.fromarray(grey(40, 30)), "JPEG"))
-    from colorizer.colorize import dry_run
+    from colorizer.colorize.bulk import dry_run
 
     planned = {relative: (action, detail) for action, relative, detail in dry_run(src, dst, ColorizeOptions())}
     assert planned["sub/x.jpg"][0] == "fail" and "outside DST" in planned["sub/x.jpg"][1]
@@ -753,7 +755,7 @@ def test_an_input_whose_output_a_link_in_dst_would_lead_out_is_a_failed_row(tmp_
 def test_an_all_skipped_rerun_never_loads_the_model(tmp_path, model_dir, capsys):
     import shutil
 
-    from colorizer.checkpoints import GENERATOR_FILE
+    from colorizer.training.checkpoints import GENERATOR_FILE
 
     """A rerun that finds every output written lists, skips and reports without loading the model:
     even weights damaged since the first run go unread (a run with work to do refuses them)."""
@@ -781,7 +783,7 @@ def test_an_http_src_whose_server_never_answers_ends_with_one_line(tmp_path, mon
     import socket
     import threading
 
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     port, held = free_port(), []
     listener = socket.create_server(("127.0.0.1", port))
@@ -818,7 +820,7 @@ def test_sigterm_stops_within_seconds_with_a_worker_blocked_in_a_read(tmp_path):
     import socket
     import threading
 
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     port, held = free_port(), []
     listener = socket.create_server(("127.0.0.1", port))
@@ -867,3 +869,20 @@ def test_sigterm_stops_within_seconds_with_a_worker_blocked_in_a_read(tmp_path):
         listener.close()
     assert "interrupted" in run.stderr.read()
     assert (tmp_path / "dst" / REPORT_NAME).is_file()
+
+
+def test_the_plain_paths_colorize_as_the_fast_ones(tmp_path, model_dir):
+    """COLORIZER_FAST=0 (the design document's blocks, the generator unfolded, OpenCV's Lab join)
+    writes what the fast paths write, to a level of a byte or two, in worker processes too."""
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(grey(150, 110, seed=1)).save(src / "scan.png")
+    Image.fromarray(colourful(120, 90, seed=2)).save(src / "colour.png")
+    run(src, tmp_path / "fast", model_dir, workers=2, worker_kind="processes")
+    with fast.enabled_as(False):
+        run(src, tmp_path / "plain", model_dir, workers=2, worker_kind="processes")
+    for name in ("scan.png", "colour.png"):
+        ours, plain = (np.asarray(Image.open(tmp_path / kind / name), np.int16) for kind in ("fast", "plain"))
+        assert ours.shape == plain.shape
+        difference = np.abs(ours - plain)
+        assert difference.max() <= 3 and difference.mean() < 0.3, (name, difference.max(), difference.mean())

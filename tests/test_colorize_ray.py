@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from colorizer.colorize import HISTORY_NAME, REPORT_NAME, colorize
+from colorizer.colorize.bulk import colorize
+from colorizer.colorize.report import HISTORY_NAME, REPORT_NAME
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.files import is_temp_name
-from tests.conftest import colourful, encode, free_port
+from tests.helpers import colourful, encode, free_port
 
 pytestmark = pytest.mark.slow  # a Ray start, and a driver process that connects to it
 

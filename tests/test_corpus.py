@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from colorizer.config import FetchConfig, UserError
-from colorizer.corpus import PackageSelection, build_corpus, license_of, selected
-from colorizer.fetch import fetch
-from tests.conftest import colourful
+from colorizer.data.corpus import PackageSelection, build_corpus, license_of, selected
+from colorizer.data.fetch import fetch
+from tests.helpers import colourful
 
 needs_dpkg = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb to build test packages")
 

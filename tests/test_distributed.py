@@ -5,27 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
-from colorizer.checkpoints import load_generator, sha256_of
+from colorizer.training.checkpoints import load_generator, sha256_of
 from tests import ddp_steps
-from tests.conftest import wait_for_files
-from tests.test_train import TINY, run_train, tiny_params
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def torchrun(ranks: int, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", *args]
-    done = subprocess.run(command, cwd=REPO, env=os.environ | (env or {}), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+from tests.helpers import REPO, run_train, tiny_params, torchrun, train_command, wait_for_files, write_params
 
 
 def test_two_ranks_take_the_same_steps_as_one_process_averaging_two_chunks(tmp_path):
@@ -38,25 +26,6 @@ def test_two_ranks_take_the_same_steps_as_one_process_averaging_two_chunks(tmp_p
     print(f"max |ddp - reference| = {error:.3g}; against full-batch BatchNorm {control:.3g}")
     assert error < 1e-5
     assert control > 100 * max(error, 1e-7)  # the comparison can fail: an averaging or BatchNorm bug shows
-
-
-def write_params(path: Path, **train) -> Path:
-    raw = yaml.safe_load(yaml.safe_dump(TINY))
-    raw["train"].update(train)
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def train_command(params: Path, root: Path) -> list[str]:
-    return [
-        "-m",
-        "colorizer",
-        "train",
-        "--params",
-        str(params),
-        *("--model", str(root / "model"), "--state", str(root / "state"), "--plots", str(root / "plots.csv")),
-        *("--samples", str(root / "samples.png"), "--metrics", str(root / "train.json")),
-    ]
 
 
 def test_one_rank_under_torchrun_is_the_single_process_run_byte_for_byte(tiny_shards, tmp_path, mlflow_store, caplog):
@@ -115,7 +84,7 @@ def test_sigterm_to_a_two_rank_run_keeps_its_checkpoint_and_the_rerun_resumes_it
 ):
     import signal
 
-    from colorizer.checkpoints import load_checkpoint
+    from colorizer.training.checkpoints import load_checkpoint
 
     environment = os.environ | {"DVC_ROOT": str(tmp_path)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]

@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from colorizer.checkpoints import export_model
 from colorizer.config import EvaluateConfig, TrainConfig
-from colorizer.evaluate import evaluate
-from colorizer.lab import AB_SCALE
-from colorizer.models import Discriminator, Generator
-from colorizer.shards import LabShardDataset
+from colorizer.data.lab import AB_SCALE
+from colorizer.data.shards import LabShardDataset
+from colorizer.training.checkpoints import export_model
+from colorizer.training.evaluate import evaluate
+from colorizer.training.models import Discriminator, Generator
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 
 from colorizer.config import FetchConfig, SplitConfig
-from colorizer.fetch import MANIFEST_COLUMNS, fetch, split_for
-from tests.conftest import colourful, encode
+from colorizer.data.fetch import MANIFEST_COLUMNS, fetch, split_for
+from tests.helpers import colourful, encode
 
 
 def run_fetch(tmp_path, data, **overrides):

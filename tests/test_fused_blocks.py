@@ -1,20 +1,21 @@
-"""The blocks' fused BatchNorm/activation/resampling against the design document's order written out:
-ConvBlock's conv -> BatchNorm -> LeakyReLU -> MaxPool (`pooled_norm_act`) and ConvTBlock's transposed
-conv -> BatchNorm -> ReLU -> Upsample, then the UNet's concatenation (`upsampled_norm_act`), on both of
-their paths: the fused kernels (training on a channels-last CPU tensor of even size) and ATen's
-kernels (anything else)."""
+"""The blocks' fast paths against their plain ones, the design document's order, through the switch
+(`colorizer.fast`): ConvBlock's conv -> BatchNorm -> LeakyReLU -> MaxPool (`pooled_norm_act`) and
+ConvTBlock's transposed conv -> BatchNorm -> ReLU -> Upsample, then the UNet's concatenation
+(`upsampled_norm_act`), on both of the fast path's kernels: the fused ones (training on a
+channels-last CPU tensor of even size) and ATen's (anything else)."""
 
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
 
-from colorizer import fused_blocks
-from colorizer.fused_blocks import fused_kernels_apply, upsampled_cat
-from colorizer.models import ConvBlock, ConvTBlock
+from colorizer.colorize.onednn import upsampled_cat
+from colorizer.training import fused_blocks
+from colorizer.training.fused_blocks import fused_kernels_apply
+from colorizer.training.models import ConvTBlock
+from tests.helpers import PROGRAMS, as_designed, twin_blocks
 
 
 def _inductor_finds_a_compiler() -> bool:
@@ -47,22 +48,6 @@ PATHS = {
 def fused_kernels_at_any_size(monkeypatch):
     """Small tensors here, where the library leaves tensors under a million elements to ATen."""
     monkeypatch.setattr(fused_blocks, "FUSED_MIN_ELEMENTS", 0)
-
-
-def as_designed(block: ConvBlock, x: torch.Tensor) -> torch.Tensor:
-    """The design document's order, written out: conv -> BatchNorm -> LeakyReLU -> MaxPool."""
-    return block.pool(block.act(block.norm(block.conv(x))))
-
-
-def twin_blocks(seed: int, memory_format: torch.memory_format) -> tuple[ConvBlock, ConvBlock]:
-    torch.manual_seed(seed)
-    block = ConvBlock(3, 6)
-    with torch.no_grad():  # trained scales and shifts, two of them negative (those channels pool by their minimum)
-        block.norm.weight.copy_(torch.tensor([1.5, -0.7, 0.3, 1.0, -2.0, 0.9]))
-        block.norm.bias.copy_(torch.linspace(-0.5, 0.5, 6))
-    twin = ConvBlock(3, 6)
-    twin.load_state_dict(block.state_dict())
-    return block.to(memory_format=memory_format), twin.to(memory_format=memory_format)
 
 
 @needs_compiler
@@ -130,12 +115,6 @@ def test_pooling_first_under_bf16_autocast_rounds_about_as_the_designed_order(pa
     assert error < 1.5 * designed_error  # measured 1.0-1.3x: the batch statistics are rounded to bf16 too
 
 
-def as_designed_up(block: ConvTBlock, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-    """ConvTBlock in the design document's order, and the UNet's concatenation of the skip after it."""
-    out = block.up(block.act(block.norm(block.conv(x))))
-    return out if skip is None else torch.cat([out, skip], dim=1)
-
-
 def twin_up_blocks(seed: int, memory_format: torch.memory_format) -> tuple[ConvTBlock, ConvTBlock]:
     torch.manual_seed(seed)
     block = ConvTBlock(6, 5)
@@ -165,7 +144,7 @@ def test_upsampling_block_and_its_concatenation_are_the_designed_ones(path, with
         skip = skip if with_skip else None
         x_ref = x.detach().clone().requires_grad_(True)
         skip_ref = skip.detach().clone().requires_grad_(True) if with_skip else None
-        ours, theirs = block(x, skip), as_designed_up(reference, x_ref, skip_ref)
+        ours, theirs = block(x, skip), as_designed(reference, x_ref, skip_ref)
         assert ours.shape == (4, 5 + 3 * with_skip, 16, 16)
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
         weights = torch.randn_like(ours)
@@ -197,7 +176,7 @@ def test_last_block_before_upsampling_then_the_upsampled_head_is_the_designed_pa
         normed = block.before_upsampling(x)
         assert normed.shape == (4, 5, 8, 8) and fused_kernels_apply(normed) == (path == "fused kernels")
         ours = fused_blocks.upsampled_conv(normed, head)
-        theirs = head(as_designed_up(reference, x_ref, None))
+        theirs = head(as_designed(reference, x_ref))
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
         weights = torch.randn_like(ours)
         (ours * weights).sum().backward()
@@ -240,11 +219,11 @@ def test_upsampling_block_under_bf16_autocast_rounds_about_as_the_designed_order
     memory_format = UP_PATHS[path]
     x = torch.randn(8, 6, 16, 16).contiguous(memory_format=memory_format)
     skip = torch.randn(8, 3, 32, 32).contiguous(memory_format=memory_format)
-    exact = as_designed_up(twin_up_blocks(1, memory_format)[0], x, skip).detach()  # fp32
+    exact = as_designed(twin_up_blocks(1, memory_format)[0], x, skip).detach()  # fp32
     block, reference = twin_up_blocks(1, memory_format)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         skip_bf16 = skip.to(torch.bfloat16)  # as the encoder hands it over under autocast
-        ours, theirs = block(x, skip_bf16), as_designed_up(reference, x, skip_bf16)
+        ours, theirs = block(x, skip_bf16), as_designed(reference, x, skip_bf16)
     assert ours.dtype == theirs.dtype == torch.bfloat16
     error, designed_error = ((y.float() - exact).abs().mean() for y in (ours, theirs))
     assert error < 1.5 * designed_error
@@ -283,36 +262,16 @@ def test_channel_sums_in_chunks_are_the_sums(shape):
 def test_without_a_cxx_compiler_training_warns_once_and_goes_on_on_aten_kernels(tmp_path):
     """No compiler Inductor can use (a fresh compile cache, so nothing compiled before helps): one
     warning, and the steps still compute the designed block (on tensors large enough to be fused)."""
-    script = textwrap.dedent(
-        """
-        import copy, logging, torch
-        from tests.test_fused_blocks import as_designed, twin_blocks
-        from colorizer import fused_blocks
-        logging.basicConfig()
-        block, reference = twin_blocks(0, torch.channels_last)
-        exact = copy.deepcopy(reference).double()
-        for _ in range(2):
-            x = torch.randn(4, 3, 256, 256).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-            x_ref = x.detach().clone().requires_grad_(True)
-            ours, theirs, truth = block(x), as_designed(reference, x_ref), as_designed(exact, x.detach().double())
-            # float32 statistics of 262k pixels a channel: ATen's (the designed block's) are ~3e-5 off
-            # in variance against float64, the fused blocks' one-pass sums closer: as close to the
-            # truth as the designed block, and to it within their two roundings
-            assert (ours.double() - truth).abs().max() <= max((theirs.double() - truth).abs().max(), 1e-6)
-            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
-            weights = torch.randn_like(ours)
-            (ours * weights).sum().backward()
-            (theirs * weights).sum().backward()
-            torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
-        assert not fused_blocks.fused_kernels_apply(block.conv(x))  # large enough, but not here
-        """
-    )
     environment = os.environ | {
         "CXX": str(tmp_path / "no-such-c++"),
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache"),
     }
     done = subprocess.run(
-        [sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=600, cwd=os.getcwd()
+        [sys.executable, str(PROGRAMS / "blocks_without_a_compiler.py")],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("cannot build the fused BatchNorm/pooling kernels") == 1, done.stderr

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from colorizer.images import RejectedImage, content_id, decode, encode_colorized, reject_reason
-from colorizer.lab import rgb_to_lab
-from tests.conftest import colourful, encode
+from colorizer.data.images import RejectedImage, content_id, decode, encode_colorized, reject_reason
+from colorizer.data.lab import rgb_to_lab
+from tests.helpers import colourful, encode
 
 BIG = 10_000_000
 
@@ -195,7 +195,7 @@ def test_decode_of_mutated_files_is_a_rejection_or_an_image_never_a_crash():
     spliced chunks. Each case decodes or is a RejectedImage with its reason; nothing else escapes."""
     import random
 
-    from colorizer.images import RejectedImage, decode
+    from colorizer.data.images import RejectedImage, decode
 
     rng = random.Random(20261207)
     picture = Image.fromarray(colourful(48, 32))
@@ -249,7 +249,7 @@ def test_a_tiff_whose_strip_offsets_are_typed_undefined_is_a_rejection():
 
 def test_pillows_bomb_check_follows_our_cap():
     """A photo over Pillow's default 89.5 MP warning but under our cap opens (its header alone is read)."""
-    from colorizer.images import open_image
+    from colorizer.data.images import open_image
 
     big = encode(Image.new("L", (10_000, 9_000)), "PNG")  # 90 MP
     assert open_image(big, 250_000_000).size == (10_000, 9_000)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from skimage.color import lab2rgb, rgb2lab
 
-from colorizer.lab import (
+from colorizer.colorize.lab_kernels import L_from_rgb, lab_planes_to_rgb8, linear_taps
+from colorizer.data.lab import (
     L_from_grey,
     denormalize_ab,
     denormalize_L,
@@ -19,7 +20,6 @@ from colorizer.lab import (
     normalize_L,
     rgb_to_lab,
 )
-from colorizer.lab_kernels import L_from_rgb, lab_planes_to_rgb8, linear_taps
 
 ALL_RGB_SAMPLE = np.random.default_rng(0).integers(0, 256, (100_000, 3), dtype=np.uint8)
 
@@ -141,7 +141,7 @@ import hashlib
 import numpy as np
 from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
 from threadpoolctl import threadpool_info
-from colorizer.lab import rgb_to_lab
+from colorizer.data.lab import rgb_to_lab
 rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
 print([pool.get("architecture") for pool in threadpool_info() if "numpy" in pool["filepath"]][0])
 print(",".join(f for f in __cpu_dispatch__ if __cpu_features__[f]) or "baseline")
@@ -177,7 +177,7 @@ def test_lab_planes_to_rgb8_works_where_numba_can_cache_nowhere(tmp_path):
     """A read-only install and home: numba finds no place for its cache (simulated with its own
     setting, a locator that only serves zip files) and the kernel is compiled in the process."""
     program = (
-        "import numpy as np; from colorizer.lab_kernels import lab_planes_to_rgb8 as f, _rows_to_srgb8 as k;"
+        "import numpy as np; from colorizer.colorize.lab_kernels import lab_planes_to_rgb8 as f, _rows_to_srgb8 as k;"
         "L = np.full((2, 3), 50.0, np.float32); z = np.zeros_like(L);"
         "print(f(L, z, z)[0, 0].tolist(), k._cache.__class__.__name__)"
     )
@@ -185,31 +185,3 @@ def test_lab_planes_to_rgb8_works_where_numba_can_cache_nowhere(tmp_path):
     done = subprocess.run([sys.executable, "-c", program], env=environment, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[119,", "119,", "119]", "NullCache"]
-
-
-_NUMBA_BLAS_AFTER_THE_KERNELS = """
-import sys
-import numba
-import numpy as np
-from colorizer.lab_kernels import L_from_rgb, lab_planes_to_rgb8
-L = np.full((2, 3), 50.0, np.float32)
-print(lab_planes_to_rgb8(L, np.zeros_like(L), np.zeros_like(L))[0, 0].tolist() == [119, 119, 119])
-print(L_from_rgb(np.full((2, 3), 119, np.uint8))[0].tolist())
-print("scipy.linalg" in sys.modules)
-from numba.np import arraymath, linalg
-print(arraymath.ensure_blas is linalg.ensure_blas, arraymath._HAVE_BLAS)
-dot = numba.njit(lambda a, b: np.dot(a, b))
-print(float(dot(np.ones(3), np.ones(3))), "scipy.linalg" in sys.modules)
-"""
-
-
-def test_the_kernels_load_without_scipy_and_leave_numba_as_it_was():
-    """numba's numpy support loads without importing SciPy (half the kernels' start-up), and numba is
-    left as it was: its own BLAS probe back in place, BLAS found, a loop that uses BLAS compiles."""
-    done = subprocess.run([sys.executable, "-c", _NUMBA_BLAS_AFTER_THE_KERNELS], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    joined, L, scipy_after_kernels, probe, dot = done.stdout.strip().splitlines()
-    assert joined == "True" and abs(float(L) - 50.0) < 0.1
-    assert scipy_after_kernels == "False"
-    assert probe == "True True"
-    assert dot == "3.0 True"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from colorizer.metrics import colourfulness, hue_agreement, l1_lab_units, psnr, ssim
+from colorizer.training.metrics import colourfulness, hue_agreement, l1_lab_units, psnr, ssim
 
 
 def test_colourfulness_by_hand():

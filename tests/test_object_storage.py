@@ -11,12 +11,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from colorizer.cli import main
-from colorizer.colorize import HISTORY_NAME, REPORT_NAME, colorize
+from colorizer.colorize.bulk import colorize
+from colorizer.colorize.report import HISTORY_NAME, REPORT_NAME
 from colorizer.config import ColorizeOptions, UserError
-from colorizer.train import train
-from tests.conftest import colourful, free_port
-from tests.test_tracking import start_server, stop_server
-from tests.test_train import tiny_params
+from colorizer.training.train import train
+from tests.helpers import colourful, free_port, start_server, stop_server, tiny_params
 
 pytestmark = pytest.mark.slow
 

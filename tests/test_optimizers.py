@@ -3,7 +3,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from colorizer.optimizers import ChannelsLastAdam
+from colorizer.training.optimizers import ChannelsLastAdam
 
 
 def twin_models() -> tuple[nn.Module, nn.Module]:

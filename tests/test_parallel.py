@@ -10,12 +10,12 @@ import cv2
 import numpy as np
 import pytest
 
-from colorizer.colorize_worker import STRIP_PIXELS, full_L, recombine
-from colorizer.images import decode
-from colorizer.lab_kernels import lab_planes_to_rgb8
+from colorizer.colorize.lab_kernels import lab_planes_to_rgb8
+from colorizer.colorize.worker import STRIP_PIXELS, full_L, recombine
+from colorizer.data.images import decode
 from colorizer.parallel import INLINE, OrderedMap, RestartingPool, batched, process_pool, thread_pool
 from colorizer.runtime import keep_freed_memory
-from tests.conftest import colourful, encode
+from tests.helpers import colourful, encode
 
 INITIALISED = "not yet"
 

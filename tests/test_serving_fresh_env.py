@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from colorizer import serving, tracking
-from colorizer.checkpoints import PRETRAINED_DIR
-from colorizer.colorize import colorize
+from colorizer import tracking
+from colorizer.colorize.bulk import colorize
 from colorizer.config import ColorizeOptions
-from tests.conftest import colourful, encode
+from colorizer.serving import pyfunc as serving
+from colorizer.training.checkpoints import PRETRAINED_DIR
+from tests.helpers import colourful, encode
 
 PREDICT = """
 import base64, json, sys

@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 import torch
 
-from colorizer.lab import normalize_ab, normalize_L, rgb_to_lab
-from colorizer.shards import LabShardDataset, write_shards
-from tests.conftest import colourful
+from colorizer.data.lab import normalize_ab, normalize_L, rgb_to_lab
+from colorizer.data.shards import LabShardDataset, write_shards
+from tests.helpers import colourful
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from colorizer.config import ArchiveConfig, DownloadConfig
-from colorizer.sources import (
+from colorizer.data.sources import (
     Candidate,
     Rejected,
     archive_candidates,
@@ -18,7 +18,7 @@ from colorizer.sources import (
     unsafe_member_reason,
     url_candidates,
 )
-from tests.conftest import colourful, encode
+from tests.helpers import colourful, encode
 
 LIMITS = ArchiveConfig(max_members=100, max_member_bytes=5_000_000, max_total_bytes=50_000_000, max_ratio=100.0)
 

@@ -13,31 +13,45 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "src" / "colorizer"
 
 
+def module_file(module: str) -> Path:
+    """`training.train` -> src/colorizer/training/train.py; a package -> its __init__.py."""
+    path = LIBRARY.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def colorizer_imports(path: Path) -> set[str]:
-    """The colorizer modules a file imports anywhere (top level or inside functions: both run)."""
+    """The colorizer modules a file imports anywhere (top level or inside functions: both run), as
+    dotted names below colorizer (`training.train`)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "colorizer":
-            if node.module == "colorizer":  # from colorizer import train as training
-                found |= {alias.name for alias in node.names if (LIBRARY / f"{alias.name}.py").is_file()}
-            else:
-                found.add(node.module.split(".")[1])
+            package = node.module.partition(".")[2]
+            if package:
+                found.add(package)
+            # from colorizer.training import train as training: a module, not a name in a module
+            prefix = f"{package}." if package else ""
+            found |= {prefix + a.name for a in node.names if module_file(prefix + a.name).is_file()}
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("colorizer.")}
+            found |= {a.name.partition(".")[2] for a in node.names if a.name.startswith("colorizer.")}
     return found
 
 
 def modules_run_by(script: Path) -> set[str]:
-    """Every library module reachable from a stage script (the transitive import closure)."""
+    """Every library file reachable from a stage script (the transitive import closure), with the
+    __init__.py of every package on the way (importing colorizer.data.lab runs colorizer/__init__.py
+    and colorizer/data/__init__.py first)."""
     todo, seen = list(colorizer_imports(script)), set()
     while todo:
         module = todo.pop()
         if module in seen:
             continue
         seen.add(module)
-        todo.extend(colorizer_imports(LIBRARY / f"{module}.py"))
-    seen.add("__init__")  # importing colorizer.x runs colorizer/__init__.py first
-    return seen
+        todo.extend(colorizer_imports(module_file(module)))
+    files = {module_file(module) for module in seen}
+    for module in seen:
+        parts = module.split(".")
+        files |= {LIBRARY.joinpath(*parts[:depth], "__init__.py") for depth in range(len(parts))}
+    return {str(file.relative_to(ROOT)) for file in files}
 
 
 def stages() -> dict:
@@ -49,7 +63,7 @@ def test_each_stage_lists_exactly_the_library_modules_it_imports():
         script = re.search(r"(?:python|torchrun)\b.*?(stages/\S+\.py)", stage["cmd"]).group(1)
         listed = {dep for dep in stage["deps"] if isinstance(dep, str)}
         assert script in listed, f"{name}: its script {script} is not a dep"
-        expected = {f"src/colorizer/{module}.py" for module in modules_run_by(ROOT / script)}
+        expected = modules_run_by(ROOT / script)
         listed_library = {dep for dep in listed if dep.startswith("src/")}
         assert listed_library == expected, (
             f"dvc.yaml stage {name}: missing {sorted(expected - listed_library)}, "
@@ -71,9 +85,9 @@ def test_the_import_graph_reader_sees_lazy_and_aliased_imports(tmp_path):
     sample = tmp_path / "x.py"
     sample.write_text(
         "from colorizer.config import load_params\n"
-        "def f():\n    from colorizer import train as training\n    import colorizer.lab\n"
+        "def f():\n    from colorizer.training import train as training\n    import colorizer.data.lab\n"
     )
-    assert colorizer_imports(sample) == {"config", "train", "lab"}
+    assert colorizer_imports(sample) == {"config", "training", "training.train", "data.lab"}
 
 
 def test_a_typo_in_params_stops_the_train_stage_with_one_line(tmp_path):
@@ -98,3 +112,37 @@ def test_a_typo_in_params_stops_the_train_stage_with_one_line(tmp_path):
         "colorizer train: params.yaml: train.epoch: unknown key (check the spelling against params.yaml's "
         "documented keys)"
     ]
+
+
+def test_training_runs_no_inference_or_serving_code():
+    """An edit to inference or serving code re-runs `register` (and the stages that colorize), never
+    `train`: neither train's deps nor the resume fingerprint's code hold a module of colorize/ or
+    serving/, so a resumable checkpoint is not thrown away for it."""
+    from colorizer.training.train import TRAINING_CODE
+
+    train_deps = [dep for dep in stages()["train"]["deps"] if dep.startswith("src/")]
+    assert train_deps and not [
+        dep for dep in train_deps if dep.startswith(("src/colorizer/colorize/", "src/colorizer/serving/"))
+    ]
+    fingerprinted = {Path(module.__file__).resolve().relative_to(LIBRARY).parts[0] for module in TRAINING_CODE}
+    assert fingerprinted == {"training"}
+
+
+def test_the_library_imports_in_layers():
+    """Shared ground (the top-level modules but cli), then data/, training/, colorize/, serving/, and
+    cli on top: no module imports one of a higher layer (so there are no circles between them)."""
+    layers = {"": 0, "data": 1, "training": 2, "colorize": 3, "serving": 4, "cli": 5}
+
+    def layer(module: str) -> int:
+        package = module.split(".")[0] if "." in module else ("cli" if module in ("cli", "__main__") else "")
+        return layers[package]
+
+    upward = []
+    for path in LIBRARY.rglob("*.py"):
+        module = ".".join(path.relative_to(LIBRARY).with_suffix("").parts).removesuffix(".__init__")
+        for imported in colorizer_imports(path):
+            if imported in layers and "." not in imported and imported != "cli":
+                continue  # a package's __init__ (a docstring): below everything
+            if layer(imported) > layer(module):
+                upward.append(f"{module} -> {imported}")
+    assert not upward, upward

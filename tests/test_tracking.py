@@ -16,12 +16,22 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from colorizer import serving, tracking
-from colorizer.checkpoints import load_checkpoint
-from colorizer.colorize import colorize
+from colorizer import tracking
+from colorizer.colorize.bulk import colorize
 from colorizer.config import ColorizeOptions
-from tests.conftest import colourful, encode, free_port, wait_for_files
-from tests.test_train import run_train, tiny_params
+from colorizer.serving import pyfunc as serving
+from colorizer.training.checkpoints import load_checkpoint
+from tests.helpers import (
+    colourful,
+    encode,
+    free_port,
+    run_train,
+    start_server,
+    stop_server,
+    tiny_params,
+    wait_for_files,
+    wait_until_up,
+)
 
 
 def test_default_store_is_the_repo_sqlite_file(tmp_path, monkeypatch):
@@ -49,7 +59,7 @@ def test_a_stray_mlruns_folder_does_not_break_a_run(tiny_shards, tmp_path, mlflo
 def test_the_logged_model_is_registered_and_served_over_http_as_colorize_writes_it(tmp_path, mlflow_store):
     """`mlflow models serve` of the registered model answers a real HTTP request with the same pixels
     that `colorizer colorize --format PNG` writes for the photo (full size, its own L)."""
-    from colorizer.checkpoints import PRETRAINED_DIR
+    from colorizer.training.checkpoints import PRETRAINED_DIR
 
     with tracking.training_run({"model": {"x": 1}}, "fingerprint", resume=False):
         model_uri = serving.log_model(PRETRAINED_DIR)
@@ -101,58 +111,6 @@ def test_the_logged_model_is_registered_and_served_over_http_as_colorize_writes_
     assert np.abs(served.astype(int) - served.mean(axis=2, keepdims=True)).mean() > 1  # colours, not grey
 
 
-def wait_until_up(url: str, process: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited: {process.stderr.read()[-2000:]}") from None
-            time.sleep(0.3)
-    process.kill()
-    raise AssertionError(f"{url} did not come up in {seconds} s")
-
-
-def start_server(store: Path, port: int, artifacts: str | None = None) -> tuple[subprocess.Popen, str]:
-    """A real `mlflow server` on 127.0.0.1:port with its SQLite store under `store` and its artifacts
-    there too, or at `artifacts` (a bucket's URL)."""
-    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    server = subprocess.Popen(
-        [
-            mlflow_bin,
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{store / 'server.db'}",
-            "--artifacts-destination",
-            artifacts or str(store / "server-artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_until_up(f"{url}/health", server, seconds=90)
-    return server, url
-
-
-def stop_server(server: subprocess.Popen) -> None:
-    server.terminate()
-    try:
-        server.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.kill()
-        server.wait()
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
     server, url = start_server(tmp_path, free_port())
@@ -164,7 +122,7 @@ TRAIN_UNTIL_STOPPED = """
 import sys
 from pathlib import Path
 from colorizer.runtime import run_entry
-from tests.test_train import run_train, tiny_params
+from tests.helpers import run_train, tiny_params
 sys.exit(run_entry("train", lambda: run_train(tiny_params(epochs=500), Path(sys.argv[1]), Path(sys.argv[2]))))
 """
 
@@ -232,7 +190,7 @@ def test_a_tracking_server_that_does_not_answer_is_one_line_at_once(monkeypatch,
     import time
 
     from colorizer.config import UserError, parse_params
-    from colorizer.train import train
+    from colorizer.training.train import train
 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -333,7 +291,7 @@ def test_a_sigterm_in_the_middle_of_an_mlflow_write_still_ends_the_run_killed(ml
 def test_registry_versions_carry_their_scores_and_the_alias_best_follows_the_highest(
     tmp_path, mlflow_store, monkeypatch
 ):
-    from colorizer.checkpoints import PRETRAINED_DIR
+    from colorizer.training.checkpoints import PRETRAINED_DIR
 
     client = MlflowClient(mlflow_store)
     holders = []
@@ -356,7 +314,7 @@ def test_the_served_model_bounds_pixels_and_photos_at_once(tmp_path, mlflow_stor
 
     import pandas as pd
 
-    from colorizer.checkpoints import PRETRAINED_DIR
+    from colorizer.training.checkpoints import PRETRAINED_DIR
 
     monkeypatch.setenv(serving.MAX_PIXELS_VARIABLE, "1000000")
     with tracking.training_run({"model": {"x": 1}}, "fingerprint", resume=False):

@@ -16,38 +16,12 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from colorizer import tracking
-from colorizer import train as train_module
-from colorizer.checkpoints import CheckpointError, load_checkpoint, load_generator, save_checkpoint
-from colorizer.config import ConfigError, UserError, parse_params
+from colorizer.config import ConfigError, UserError
 from colorizer.devices import autocast_dtype, cpu_has_native_bf16
-from colorizer.train import CHECKPOINT_NAME, build_gan, train
-from tests.conftest import wait_for_files
-
-TINY = {
-    "seed": 3,
-    "model": {"generator_widths": [8, 16, 16, 16, 16], "discriminator_widths": [8, 16], "width_multiplier": 1.0},
-    "train": {"epochs": 2, "batch_size": 4, "precision": "fp32", "sample_count": 3},
-}
-
-
-def tiny_params(head: str = "regression", **train_overrides):
-    raw = yaml.safe_load(yaml.safe_dump(TINY))
-    raw["train"].update(train_overrides)
-    raw["model"]["head"] = head
-    return parse_params(raw)
-
-
-def run_train(params, shards, root):
-    return train(
-        params,
-        shards,
-        root / "model",
-        root / "state",
-        root / "plots.csv",
-        root / "train.json",
-        log_model=False,
-        samples_path=root / "samples.png",
-    )
+from colorizer.training import train as train_module
+from colorizer.training.checkpoints import CheckpointError, load_checkpoint, load_generator, save_checkpoint
+from colorizer.training.train import CHECKPOINT_NAME, build_gan, train
+from tests.helpers import TINY, run_train, tiny_params, wait_for_files
 
 
 def run_of(state: dict) -> str:
@@ -116,14 +90,14 @@ def test_other_params_start_over(tiny_shards, tmp_path, mlflow_store, caplog):
 def test_the_fingerprint_hashes_every_module_the_model_runs():
     """A checkpoint trained by other model code must start over, not be resumed: the code hashed
     covers the modules the model's blocks call into (config changes show in the params instead)."""
-    from colorizer import models
+    from colorizer.training import models
 
     called = {
         sys.modules[value.__module__]
         for value in vars(models).values()
         if getattr(value, "__module__", "").startswith("colorizer.") and value.__module__ != "colorizer.config"
     }
-    assert sys.modules["colorizer.fused_blocks"] in called
+    assert sys.modules["colorizer.training.fused_blocks"] in called
     assert called <= set(train_module.TRAINING_CODE)
 
 
@@ -182,7 +156,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_resumes(
 LONG_TRAINING = """
 import sys
 from pathlib import Path
-from tests.test_train import run_train, tiny_params
+from tests.helpers import run_train, tiny_params
 run_train(tiny_params(epochs=500), Path(sys.argv[1]), Path(sys.argv[2]))
 """
 
@@ -309,7 +283,7 @@ def test_precision_choice():
 
 def test_nan_in_the_shards_stops_training_with_one_clear_error(tmp_path, mlflow_store):
     from colorizer.config import UserError
-    from colorizer.synthetic import synthetic_shards
+    from colorizer.data.synthetic import synthetic_shards
 
     shards = synthetic_shards(tmp_path / "data")
     shard = np.load(shards / "train-00000.npy", mmap_mode="r+")
@@ -322,8 +296,8 @@ def test_nan_in_the_shards_stops_training_with_one_clear_error(tmp_path, mlflow_
 
 
 def test_a_truncated_or_missing_shard_is_named(tmp_path, mlflow_store):
-    from colorizer.shards import LabShardDataset, ShardError
-    from colorizer.synthetic import synthetic_shards
+    from colorizer.data.shards import LabShardDataset, ShardError
+    from colorizer.data.synthetic import synthetic_shards
 
     shards = synthetic_shards(tmp_path / "data")
     path = shards / "train-00000.npy"
@@ -337,7 +311,7 @@ def test_a_truncated_or_missing_shard_is_named(tmp_path, mlflow_store):
 
 def test_lr_schedule_is_constant_then_decays_linearly_like_pix2pix():
     from colorizer.config import TrainConfig
-    from colorizer.train import lr_at
+    from colorizer.training.train import lr_at
 
     constant = TrainConfig(epochs=4, lr=1.0)
     assert [lr_at(e, constant) for e in range(1, 5)] == [1.0] * 4
@@ -401,7 +375,7 @@ def test_without_ema_the_last_weights_are_exported(tiny_shards, tmp_path, mlflow
 def test_the_ema_averages_as_its_formula_says():
     """After the first update copies the weights, each update moves the average a share
     1 - min(decay, (1 + n) / (10 + n)) of the way to the current weights."""
-    from colorizer.ema import warmed_up_decay, weight_average
+    from colorizer.training.ema import warmed_up_decay, weight_average
 
     assert warmed_up_decay(0.999, 0) == pytest.approx(0.1)
     assert warmed_up_decay(0.999, 90) == pytest.approx(0.91)
@@ -437,7 +411,7 @@ def test_train_init_starts_the_generator_from_a_model_and_refuses_another_shape(
 
 
 def test_the_choice_rule_takes_the_last_three_epochs():
-    from colorizer.evaluate import choice_score
+    from colorizer.training.evaluate import choice_score
 
     history = [
         {"val_hue_agreement": 0.9, "val_psnr_gain": 9.0},  # an early lucky epoch does not count
@@ -455,8 +429,8 @@ def test_the_choice_rule_takes_the_last_three_epochs():
 
 
 def test_per_epoch_photo_scores_of_a_grey_and_a_perfect_model(tiny_shards):
-    from colorizer.evaluate import photo_scores
-    from colorizer.shards import LabShardDataset
+    from colorizer.data.shards import LabShardDataset
+    from colorizer.training.evaluate import photo_scores
 
     val = LabShardDataset(tiny_shards, "val")
 
@@ -476,10 +450,9 @@ def test_per_epoch_photo_scores_of_a_grey_and_a_perfect_model(tiny_shards):
 
 
 def test_a_bins_head_trains_on_the_corpus_bins_exports_colorizes_and_fine_tunes(tiny_shards, tmp_path, mlflow_store):
-    from colorizer import color_bins
-    from colorizer.config import ColorizeOptions
-    from colorizer.inference import ModelRunner
-    from colorizer.shards import LabShardDataset
+    from colorizer.colorize.inference import ModelRunner
+    from colorizer.data.shards import LabShardDataset
+    from colorizer.training import color_bins
 
     final = run_train(tiny_params("bins", ema_decay=0.9), tiny_shards, tmp_path / "bins")
     assert np.isfinite(final["val_g_ce"]) and np.isfinite(final["val_g_l1"]) and "val_hue_agreement" in final
@@ -491,7 +464,7 @@ def test_a_bins_head_trains_on_the_corpus_bins_exports_colorizes_and_fine_tunes(
     centres, _ = color_bins.bin_set(counts)
     assert info["head"] == "bins" and info["bins"] == len(centres) == generator.bins
     torch.testing.assert_close(generator.bin_centres, centres)
-    runner = ModelRunner(tmp_path / "bins" / "model", ColorizeOptions(device="cpu", precision="fp32"))
+    runner = ModelRunner(tmp_path / "bins" / "model", device="cpu", precision="fp32")
     ab = runner.predict(np.zeros((2, 1, 32, 32), dtype=np.float32))
     assert ab.shape == (2, 2, 32, 32) and np.isfinite(ab).all()
 

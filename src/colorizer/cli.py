@@ -41,7 +41,7 @@ def _fetch_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_fetch(args: argparse.Namespace, params: Params) -> None:
-    from colorizer.fetch import fetch
+    from colorizer.data.fetch import fetch
 
     summary = fetch(params.fetch, args.data, args.out, args.cache, args.summary, corpus_dir=args.corpus)
     print(json.dumps(summary))
@@ -56,7 +56,7 @@ def _corpus_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_corpus(args: argparse.Namespace, params: Params) -> None:
-    from colorizer.corpus import build_corpus
+    from colorizer.data.corpus import build_corpus
 
     summary = build_corpus(args.spec, args.out, args.cache)
     print(json.dumps({"photos": summary.photos, "by_package": summary.by_package}))
@@ -70,7 +70,7 @@ def _augment_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_augment(args: argparse.Namespace, params: Params) -> None:
-    from colorizer.augment import augment
+    from colorizer.data.augment import augment
 
     print(json.dumps(augment(params.augment, params.seed, args.fetched, args.out)))
 
@@ -83,7 +83,7 @@ def _shard_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_shard(args: argparse.Namespace, params: Params) -> None:
-    from colorizer.shards import write_shards
+    from colorizer.data.shards import write_shards
 
     index = write_shards(args.augmented, args.out, params.shard.images_per_shard)
     print(json.dumps({split: info["count"] for split, info in index["splits"].items()}))
@@ -101,7 +101,7 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace, params: Params) -> None:
-    from colorizer.train import train
+    from colorizer.training.train import train
 
     final = train(params, args.shards, args.model, args.state, args.plots, args.metrics, samples_path=args.samples)
     print(json.dumps(final))
@@ -117,10 +117,26 @@ def _evaluate_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace, params: Params) -> None:
-    from colorizer.evaluate import describe, evaluate
+    from colorizer.training.evaluate import describe, evaluate
 
     summary = evaluate(params.evaluate, params.train, args.model, args.shards, args.metrics, args.per_image)
     print(describe(summary))
+
+
+@command("register", "Log the trained model into its MLflow run as a served model and register a version.")
+def _register_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=Path("work/model"))
+    parser.add_argument("--train-metrics", type=Path, default=Path("metrics/train.json"), help="its choice scores")
+    parser.set_defaults(run=_run_register)
+
+
+def _run_register(args: argparse.Namespace, params: Params) -> int:
+    from colorizer.serving.register import register
+
+    uri = register(args.model, args.train_metrics)
+    if uri:
+        print(uri)
+    return 0 if uri else 1
 
 
 # Defaults a cluster job or a shell profile can set once (flags still win); shown in `colorize --help`.
@@ -201,12 +217,12 @@ def _colorize_args(parser: argparse.ArgumentParser) -> None:
 def _run_colorize(args: argparse.Namespace, params: Params) -> int:
     from colorizer.config import ColorizeOptions
 
-    flags = ("size", "batch_size", "workers", "worker_kind", "device", "format", "quality", "overwrite", "strict")
-    flags += ("engine", "address", "actors", "cpus_per_actor", "gpus_per_actor")
-    # the flags are checked before torch is imported: a mistake is one line in well under a second
+    # every option that has a flag (the rest, such as max_pixels, keep their defaults); checked before
+    # torch is imported: a mistake is one line in well under a second
+    flags = [name for name in ColorizeOptions.model_fields if hasattr(args, name)]
     options = ColorizeOptions.from_flags(**{flag: getattr(args, flag) for flag in flags})
-    from colorizer.checkpoints import PRETRAINED_DIR
-    from colorizer.colorize import colorize
+    from colorizer.colorize.bulk import colorize
+    from colorizer.training.checkpoints import PRETRAINED_DIR
 
     if args.dry_run:
         return _print_dry_run(args.src, args.dst, options)
@@ -220,7 +236,7 @@ def _print_dry_run(src: str, dst: str, options) -> int:
     import logging
     from collections import Counter
 
-    from colorizer.colorize import dry_run
+    from colorizer.colorize.bulk import dry_run
 
     counts: Counter[str] = Counter()
     out = csv.writer(sys.stdout, delimiter="\t", lineterminator="\n")
@@ -245,7 +261,7 @@ def _showcase_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_showcase(args: argparse.Namespace, params: Params) -> None:
-    from colorizer.showcase import showcase
+    from colorizer.colorize.showcase import showcase
 
     print(json.dumps(showcase(params.showcase, args.fetched, args.model, args.out, args.contact_sheet, args.metrics)))
 
@@ -263,8 +279,8 @@ def _ship_args(parser: argparse.ArgumentParser) -> None:
 def _run_ship(args: argparse.Namespace, params: Params) -> None:
     import tempfile
 
-    from colorizer.checkpoints import PRETRAINED_DIR, ship_generator
-    from colorizer.showcase import before_after
+    from colorizer.colorize.showcase import before_after
+    from colorizer.training.checkpoints import PRETRAINED_DIR, ship_generator
 
     out = args.out or PRETRAINED_DIR
     info = ship_generator(args.model, out)

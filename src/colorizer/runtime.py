@@ -164,9 +164,11 @@ def run_entry(name: str, work: Callable[[], int | None]) -> int:
     """Run an entry point's work: a user's mistake (UserError, a missing file) or a full or failing
     disk is one line on stderr and exit code 2, Ctrl-C or SIGTERM is exit code 130, anything else a
     traceback (a bug)."""
+    from colorizer import fast
     from colorizer.config import UserError
 
     try:
+        fast.enabled()  # a mistyped COLORIZER_FAST is this one line, before any work
         return work() or 0
     except BrokenPipeError:
         # the reader went away (`colorizer colorize --dry-run | head -1`): what it read was whole; as

@@ -223,6 +223,19 @@ def run_of_model(model_sha256: str) -> str | None:
     return newest_run_tagged(MODEL_SHA256_TAG, model_sha256)
 
 
+@contextmanager
+def continued_run(run_id: str) -> Iterator[None]:
+    """Log into a run that has ended (the register stage logs the model into its training run)."""
+    mlflow = _mlflow()
+    with _signals_after_mlflow():
+        mlflow.start_run(run_id=run_id, log_system_metrics=False)
+    try:
+        yield
+    finally:
+        with _signals_after_mlflow():
+            mlflow.end_run()
+
+
 def set_tags(tags: dict[str, str], run_id: str | None = None) -> None:
     with _signals_after_mlflow():
         mlflow = _mlflow()

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import colourful, encode
+from tests.helpers import colourful, encode
 from tests.integration.repo import TINY_PIPELINE, clone_repo, make_run, run, set_params
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import wait_for_files
+from tests.helpers import wait_for_files
 from tests.integration.repo import TINY_PIPELINE, clone_repo, env, git, run, set_params
 
 pytestmark = pytest.mark.slow
