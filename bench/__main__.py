@@ -37,8 +37,9 @@ from colorizer.data.synthetic import synthetic_shards
 from colorizer.devices import autocast_dtype, pick_device
 from colorizer.runtime import keep_freed_memory
 from colorizer.training.checkpoints import export_model
+from colorizer.training.gan import build_gan
 from colorizer.training.models import Discriminator, Generator
-from colorizer.training.train import build_gan, make_loader, train
+from colorizer.training.train import make_loader, train
 
 SIZE, BATCH = 256, 8  # the design document's image size; the batch of the training and inference rows
 COLORIZE_BATCH = ColorizeOptions().batch_size  # colorize's default, and the model's alongside it

@@ -20,7 +20,7 @@ def rank_worker() -> None:
     from colorizer.config import ModelConfig, TrainConfig
     from colorizer.devices import pick_device
     from colorizer.training.distributed import barrier, process_group, rank_device, world_from_env
-    from colorizer.training.train import build_gan, distribute
+    from colorizer.training.gan import build_gan, distribute
 
     world = world_from_env()
     device = rank_device(world, pick_device("auto"))

@@ -17,7 +17,7 @@ import torch
 
 from colorizer.config import ModelConfig, TrainConfig
 from colorizer.devices import pick_device
-from colorizer.training.train import build_gan
+from colorizer.training.gan import build_gan
 
 
 def peak_rss_kib() -> int:

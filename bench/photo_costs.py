@@ -1,5 +1,5 @@
 """Colorize's per-photo work outside the model, step by step, in core-milliseconds (one thread, the
-median of 20 calls each), for a 1024x768 grey JPEG and a colour one: what issue 15 sets out to cut.
+median of 20 calls each), for a 1024x768 grey JPEG and a colour one.
 Timed as a colorize worker runs, with OpenCV on one thread (its own threads' time would not count in
 this thread's clock: a 6 ms conversion read as 4).
 

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from bench.common import matmul_gflops
 from colorizer.config import ModelConfig, TrainConfig
 from colorizer.devices import pick_device
-from colorizer.training.train import build_gan
+from colorizer.training.gan import build_gan
 
 SIZE = 256
 KINDS = {  # the first pattern found in an operator's name decides its kind

@@ -11,9 +11,9 @@ import sys
 import torch
 
 from colorizer.training.distributed import barrier, process_group, unwrap, world_from_env
+from colorizer.training.gan import Gan, distribute
 from colorizer.training.losses import d_losses, g_losses, generator_loss
 from colorizer.training.models import Discriminator, Generator
-from colorizer.training.train import Gan, distribute
 
 BATCH, STEPS, SIZE, LR, L1_LAMBDA = 8, 3, 32, 0.05, 100.0
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from colorizer.config import ModelConfig, TrainConfig
+from colorizer.training.gan import build_gan
 from colorizer.training.losses import d_losses, g_losses, generator_loss
-from colorizer.training.train import build_gan
 
 
 def test_d_and_g_losses_by_hand():

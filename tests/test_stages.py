@@ -118,13 +118,13 @@ def test_training_runs_no_inference_or_serving_code():
     """An edit to inference or serving code re-runs `register` (and the stages that colorize), never
     `train`: neither train's deps nor the resume fingerprint's code hold a module of colorize/ or
     serving/, so a resumable checkpoint is not thrown away for it."""
-    from colorizer.training.train import TRAINING_CODE
+    from colorizer.training.resume import training_code_files
 
     train_deps = [dep for dep in stages()["train"]["deps"] if dep.startswith("src/")]
     assert train_deps and not [
         dep for dep in train_deps if dep.startswith(("src/colorizer/colorize/", "src/colorizer/serving/"))
     ]
-    fingerprinted = {Path(module.__file__).resolve().relative_to(LIBRARY).parts[0] for module in TRAINING_CODE}
+    fingerprinted = {path.resolve().relative_to(LIBRARY).parts[0] for path in training_code_files()}
     assert fingerprinted == {"training"}
 
 

@@ -20,7 +20,9 @@ from colorizer.config import ConfigError, UserError
 from colorizer.devices import autocast_dtype, cpu_has_native_bf16
 from colorizer.training import train as train_module
 from colorizer.training.checkpoints import CheckpointError, load_checkpoint, load_generator, save_checkpoint
-from colorizer.training.train import CHECKPOINT_NAME, build_gan, train
+from colorizer.training.gan import build_gan, colour_counts
+from colorizer.training.resume import CHECKPOINT_NAME, training_code_files
+from colorizer.training.train import train
 from tests.helpers import TINY, run_train, tiny_params, wait_for_files
 
 
@@ -98,7 +100,7 @@ def test_the_fingerprint_hashes_every_module_the_model_runs():
         if getattr(value, "__module__", "").startswith("colorizer.") and value.__module__ != "colorizer.config"
     }
     assert sys.modules["colorizer.training.fused_blocks"] in called
-    assert called <= set(train_module.TRAINING_CODE)
+    assert {Path(module.__file__) for module in called} <= set(training_code_files())
 
 
 def test_a_checkpoint_of_an_older_format_starts_over(tiny_shards, tmp_path, mlflow_store, caplog):
@@ -460,7 +462,7 @@ def test_a_bins_head_trains_on_the_corpus_bins_exports_colorizes_and_fine_tunes(
 
     # the bins are the cells the training photos reach, and colorize reads them out of model.json's model
     generator, info = load_generator(tmp_path / "bins" / "model")
-    counts = train_module.colour_counts(LabShardDataset(tiny_shards, "train"))
+    counts = colour_counts(LabShardDataset(tiny_shards, "train"))
     centres, _ = color_bins.bin_set(counts)
     assert info["head"] == "bins" and info["bins"] == len(centres) == generator.bins
     torch.testing.assert_close(generator.bin_centres, centres)

@@ -171,8 +171,8 @@ class ColorizeOptions(Section):
     """How `colorizer colorize` runs: its command-line flags, and the showcase stage's `colorize:`."""
 
     size: int | None = Field(None, gt=0)  # model input size; None: the size it was trained at
-    # images per model call: at 16 a CPU runs the generator ~15% faster per photo than at 8 (its
-    # innermost layers cost about the same per call), and colorize ~7% faster end to end (AMX, 2 cores)
+    # images per model call: the generator's innermost layers cost about the same per call, so a CPU
+    # runs it faster per photo at 16 than at 8 (`make bench`'s colorize rows)
     batch_size: int = Field(16, gt=0)
     workers: int | None = Field(None, ge=0)  # decoders/encoders; None: cores - 1, at least 2; 0: none
     worker_kind: Literal["auto", "threads", "processes"] = "auto"  # auto: threads beside a CPU model

@@ -39,7 +39,7 @@ def _start_worker(nice: int, module: str | None, name: str | None) -> None:
     if nice:
         os.nice(nice)
     # One thread per worker (the pool is the parallelism). Set before numpy is imported: its OpenBLAS
-    # otherwise starts a thread per core that busy-waits, ~0.2 s of CPU per worker at start-up.
+    # otherwise starts a thread per core that busy-waits, a waste of CPU for every worker at start-up.
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
     if module and name:
         getattr(importlib.import_module(module), name)()

@@ -5,9 +5,9 @@ turns a user's mistake into one line and an exit code.
 Keep freed memory for reuse instead of handing it straight back to the operating system: glibc
 serves every large allocation with its own `mmap` and returns it with `munmap` when freed, so each
 training step's activations, each inference batch, and each photo's full-size planes in
-colorize's workers come back as fresh pages that the kernel must fault in and zero again. Measured
-on a 2-core machine (`make bench`): that was ~30% of the generator's training and inference time
-at 256x256 and ~4 of the ~20 ms that a worker spends on a 1024x768 photo. PyTorch's CPU tuning guide
+colorize's workers come back as fresh pages that the kernel must fault in and zero again: a large
+share of training, inference and a worker's time per photo on a 2-core machine (`make bench` runs
+the naive references with the process defaults). PyTorch's CPU tuning guide
 fixes this by preloading jemalloc or tcmalloc; glibc's own `mallopt` gets the same effect with no
 extra dependency and nothing to preload. Memory freed stays in the process for its next use (peak
 use is unchanged; the process just does not shrink back between batches).
@@ -55,8 +55,8 @@ def setup_process(keep_memory: bool = True) -> None:
 
     torch's OpenMP threads busy-wait ~300k spins after every parallel region before they sleep. When
     the main process then waits on worker processes (colorize's decoders and writers, the data
-    loader), the spinning takes the cores those workers need: 1000 spins made `colorize` ~10% faster
-    end to end on a 2-core machine and left training speed unchanged (measured with `make bench`).
+    loader), the spinning takes the cores those workers need: 1000 spins made `colorize` faster end
+    to end on a 2-core machine and left training speed unchanged (measured with `make bench`).
     libgomp reads the variable once, when torch loads. A value the user set is kept."""
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
     for stream in ("stdout", "stderr"):  # closed by the caller (`2>&-`): write nowhere rather than fail

@@ -185,7 +185,7 @@ def start_workers(workers: int, kind: str, device: torch.device) -> Executor:
     """The decoders and writers beside the model, at the lowest priority.
     auto: threads when the model runs on the CPU (it keeps every core busy and they only fill its
     pauses, so they need no scaling past the GIL and gain from having no start-up and nothing to copy
-    between processes: +4% end to end on 2 cores, in 6 side-by-side runs); processes with a GPU,
+    between processes: faster end to end on 2 cores in side-by-side `make bench` runs); processes with a GPU,
     where they have the cores to themselves (and started before the model loads, to overlap it).
     processes: also isolates a decoder that crashes (the photos in flight fail, the run goes on)."""
     if kind not in WORKER_KINDS:

@@ -1,7 +1,8 @@
 """Colorize's Lab conversions at full resolution, as loops compiled by numba: a photo's L* from its
 sRGB bytes (`L_from_rgb`), and L*, a*, b* -> sRGB bytes (`lab_planes_to_rgb8`, `lab_rows_to_rgb8`:
 the join, in `recombine`). The same formulas as `lab` (scikit-image's, clipping included); a module
-of its own so that only colorize loads numba (~0.15 s).
+of its own so that only colorize loads numba. A fast path (`colorizer.fast`): with it off, the worker
+joins with OpenCV's Lab -> sRGB (`lab.lab_planes_to_rgb`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from colorizer.data.lab import _EPSILON, _KAPPA, _XYZ_ROWS, WHITE_D65, XYZ_FROM_
 
 # Colorize joins millions of full-resolution pixels per photo, and on a fast model that join was the
 # largest part of a worker's time: OpenCV's float Lab2RGB, the merge of the planes and the rounding
-# pass took ~6 of ~15 core-ms for a 1024x768 scan. No library converts Lab to sRGB bytes in one pass
-# (OpenCV's 8-bit path quantises L* and a*b* to bytes first: up to 27 levels off out of gamut), so
-# this loop does it, vectorised by numba (~1.7 core-ms on that scan). sRGB's curve (a power 1/2.4)
+# pass, each a pass over the photo (`python -m bench.photo_costs`). No library converts Lab to sRGB
+# bytes in one pass (OpenCV's 8-bit path quantises L* and a*b* to bytes first: up to 27 levels off
+# out of gamut), so this loop does it, vectorised by numba. sRGB's curve (a power 1/2.4)
 # is a degree-6 polynomial in lin^(1/4), two square roots that vectorise where a power does not:
 # within 0.0005 of a level of the exact curve, where OpenCV's spline is off by up to ~0.3. Against
 # scikit-image rounded to bytes, 1e-4 of pixels are one level off (OpenCV's path: 2e-3).
@@ -40,7 +41,7 @@ def _jit(**options):
     fused multiply-adds allowed, nothing else of fastmath; compiled once per machine and cached on
     disk (in the package's __pycache__, else the user's cache dir). Where neither can be written (a
     read-only install and home), numba refuses to cache at all: then compiled in each process
-    (~0.5 s) instead of failing."""
+    instead of failing."""
 
     def decorate(function):
         try:
@@ -150,8 +151,8 @@ def _L_of_linear(linear, out):
 
 def L_from_rgb(rgb_uint8: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 sRGB -> (...) float32 L*, within 1e-3 of lab.rgb_to_lab's L (measured 1.2e-4):
-    only the luminance, for colorize's full-size L. 3.1 -> ~1 core-ms for a 1024x768 photo against
-    OpenCV's weighted sum and cube root. Not bit-identical across CPUs, which colorize's output is
+    only the luminance, for colorize's full-size L, in one pass where OpenCV's weighted sum and cube
+    root take several (`python -m bench.photo_costs`). Not bit-identical across CPUs, which colorize's output is
     not either; shards take rgb_to_lab's L."""
     rgb_uint8 = np.asarray(rgb_uint8)
     linear = _linear(rgb_uint8).reshape(-1)

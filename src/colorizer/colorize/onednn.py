@@ -51,8 +51,8 @@ def conv_act(x: torch.Tensor, conv: nn.Conv2d | nn.ConvTranspose2d, negative_slo
     """ReLU (negative_slope 0) or LeakyReLU of conv(x), for inference on a CPU (`onednn_applies`): one
     oneDNN call that applies the activation as it writes the convolution's output (a post-op), on
     weights laid out once for oneDNN (`_packed_weight`): the ops and the weight packing Inductor's
-    CPU backend emits for the pair. In autocast's dtype when it is on, else the weights'. Folded
-    generator, bf16, batch 16 on a 2-core AMX Xeon: the post-ops 10% faster, the packing 9% more.
+    CPU backend emits for the pair. In autocast's dtype when it is on, else the weights' (`make
+    bench`'s colorize model rows measure the folded generator against the unfolded one).
     Elsewhere the convolution and then the activation in place."""
     dtype = _compute_dtype(conv.weight.dtype)
     if conv.padding_mode != "zeros" or not onednn_applies(x, dtype):
@@ -79,8 +79,8 @@ def _onednn_conv_act(
 def _packed_weight(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     """conv's weight in x's dtype, reordered into the blocked layout oneDNN picks for x's shape: made
     on the first call for a shape and kept with the convolution (one shape at a time: a bulk run's
-    batches share one), where oneDNN would reorder the weight on every call (17 reorders, 18 of ~240
-    ms a batch). For inference, on weights that no longer change."""
+    batches share one), where oneDNN would reorder every weight on every call. For inference, on
+    weights that no longer change."""
     key = (tuple(x.shape), x.dtype)
     cached = conv.__dict__.get("_onednn_packed")
     if cached is not None and cached[0] == key:

@@ -64,9 +64,9 @@ def init_worker_thread() -> None:
 
 def warm_up() -> None:
     """Pay the first-call costs once per process (numba loading its numpy support and the join's loop
-    from its cache, or compiling it on a machine's first run: ~0.25 and ~1 s of CPU; Pillow loading
-    its JPEG plugin) before the first photo needs them; a colour photo's L loop then loads in ~3 ms
-    when one comes. Thread-safe: a `finish` that comes first waits here instead."""
+    from its cache, or compiling it on a machine's first run; Pillow loading its JPEG plugin) before
+    the first photo needs them; a colour photo's L loop is small to load when one comes. Thread-safe:
+    a `finish` that comes first waits here instead."""
     global _warmed_up
     if _warmed_up:
         return
@@ -89,9 +89,10 @@ _warmed_up = False
 
 # A photo whose pixels take up to this many bytes (a 4 MP grey scan, a 1.3 MP colour photo) is
 # decoded once, at full size, and travels from `prepare` through the main process to `finish`
-# (0.8 MB for a 1024x768 grey scan, 2.4 MB in colour) instead of being decoded again: ~2 and ~4 of
-# the ~16 and ~20 core-ms per photo. Larger photos are decoded at a reduced scale for the model and
-# again in `finish`, so that the few dozen in flight never hold more than this each.
+# (0.8 MB for a 1024x768 grey scan, 2.4 MB in colour) instead of being decoded again (a decode is a
+# large part of a photo's work: `python -m bench.photo_costs`). Larger photos are decoded at a
+# reduced scale for the model and again in `finish`, so that the few dozen in flight never hold
+# more than this each.
 CARRY_MAX_BYTES = 4_000_000
 
 
@@ -171,7 +172,7 @@ def finish(prediction: Prediction, quality: int, max_pixels: int, description: s
 
 # The full-size float planes (L, and a colour photo's linear RGB) are made a strip of rows at a time,
 # each ~64k pixels (within a core's L2 cache), instead of whole planes streamed through memory: with
-# OpenCV's float Lab and RGB planes, 14.0 -> 11.8 core-ms per `finish` of a bench scan (one thread,
+# OpenCV's float Lab and RGB planes, a `finish` takes less time (one thread,
 # `python -m bench.photo_costs`), and less memory traffic beside the model.
 STRIP_PIXELS = 1 << 16
 

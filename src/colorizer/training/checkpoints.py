@@ -155,8 +155,8 @@ def load_generator(
     colorize an archive white."""
     info = read_model_info(model_dir)
     path = Path(model_dir) / GENERATOR_FILE
-    # hashed on a second core while the module is built (hashlib lets go of the GIL): ~0.1 s of the
-    # ~0.2 s it takes to load a full-width generator, which a bulk run waits for
+    # hashed on a second core while the module is built (hashlib lets go of the GIL): half of loading
+    # a full-width generator, which a bulk run waits for
     with ThreadPoolExecutor(1) as pool:
         digest = pool.submit(sha256_of, path) if path.is_file() and info.get("model_sha256") else None
         bins = info.get("bins", 0)  # a model.json without "head" is a regression model
@@ -202,8 +202,8 @@ def load_discriminator(model_dir: Path) -> Discriminator:
 
 
 def _built_from(build: Callable[[], M], path: Path, memory_format: torch.memory_format = torch.contiguous_format) -> M:
-    """Build a module without initialising it (random init of the full generator costs ~0.15 s, all
-    overwritten) and take the saved tensors as its own; in eval mode."""
+    """Build a module without initialising it (a random init that the weights would all overwrite) and
+    take the saved tensors as its own; in eval mode."""
     with torch.device("meta"):
         module = build()
     load_into(module, _load_safetensors(path, memory_format), path, assign=True)
@@ -211,7 +211,7 @@ def _built_from(build: Callable[[], M], path: Path, memory_format: torch.memory_
     if any(t.is_meta for t in tensors):
         raise CheckpointError(f"{path}: does not hold every tensor of the model; delete it to start over")
     # one sum per tensor: NaN or inf in any element makes it non-finite (and finite weights don't add
-    # up to 3e38); 10x faster than an isfinite mask per element, ~0.08 s for a full-width generator
+    # up to 3e38): a sum per tensor reads the weights once, where an isfinite mask writes one as large
     sums = [t.sum(dtype=torch.float32) for t in tensors if t.is_floating_point()]
     if sums and not torch.isfinite(torch.stack(sums)).all():
         raise CheckpointError(f"{path}: weights hold NaN or inf (a diverged training?); retrain it")
@@ -222,7 +222,7 @@ def _load_safetensors(
     path: Path, memory_format: torch.memory_format = torch.contiguous_format
 ) -> dict[str, torch.Tensor]:
     """The file's tensors, fp16 ones as fp32; 4-D ones (convolution weights) in `memory_format`, in
-    the same copy (for a full-width generator, 40 ms less than a second pass after loading)."""
+    the same copy (rather than a second pass over the weights after loading)."""
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:

@@ -67,7 +67,7 @@ def _running_statistics_step(norm: nn.BatchNorm2d) -> tuple[torch.Tensor | None,
 
 def _batch_statistics(x, running_mean, running_var, momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's per-channel mean and biased variance in float32, through BatchNorm's own kernel,
-    which also moves the running statistics (10x faster than torch.var_mean on bf16 channels-last)."""
+    which also moves the running statistics (torch.var_mean is much slower on bf16 channels-last)."""
     mean, var = torch.batch_norm_update_stats(x, running_mean, running_var, momentum)
     return mean.float(), var.float()
 
@@ -151,9 +151,8 @@ def upsampled_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     taps fall on which of them depends on the pixel's position in its 2x2 block (its phase), and taps
     on the same pixel of x add up. So one 3x3 convolution of x with 4 O filters, each phase's taps
     summed, gives the four phases, interleaved by `pixel_shuffle`: the same sums (to rounding; the
-    same FLOPs counted) on a quarter of the pixels, without the upsampled tensor (training at 256 px,
-    batch 16: the head's convolution 64 -> 16 ms a step, and the last block's BatchNorm and ReLU, no
-    longer upsampled, 51 -> 20)."""
+    same FLOPs counted) on a quarter of the pixels, without the upsampled tensor, and the last block's
+    BatchNorm and ReLU no longer upsampled (`python -m bench.profile_train`)."""
     geometry = (conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode)
     if geometry != ((3, 3), (1, 1), (1, 1), (1, 1), 1, "zeros"):
         raise ValueError(f"upsampled_conv: for a 3x3 convolution of stride 1 and padding 1, not {conv}")
@@ -211,8 +210,8 @@ def _affine(mean, var, weight, bias, eps: float) -> tuple[torch.Tensor, torch.Te
 def _channel_sums(*values: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per-channel sums of (B, H, W, C) expressions, in two stages: each of P chunks of rows, then the
     P partial sums. Summed in one stage, Inductor's loop takes one vector's worth of channels (32) at a
-    time over every pixel, so each pass reads all of x for a fraction of it (C = 64: 18 -> 11 ms for
-    16x64x256x256 bf16); a chunk of ~64k elements is read once, its other channels still in cache."""
+    time over every pixel, so each pass reads all of x for a fraction of it; a chunk of ~64k elements
+    is read once, its other channels still in cache."""
     b, h, w, c = values[0].shape
     pixels = b * h * w
     chunks = math.gcd(pixels, 1 << max(0, (pixels * c // _CHUNK_ELEMENTS).bit_length() - 1))
@@ -230,8 +229,8 @@ def _shifted_sums(x, shift):  # noqa: ANN001, ANN202
 
 def _fused_batch_statistics(x, running_mean, running_var, momentum: float) -> tuple[torch.Tensor, torch.Tensor]:
     """As `_batch_statistics` (mean and biased variance in float32, the running statistics moved as
-    BatchNorm moves them), in one pass of a compiled kernel where ATen's takes two (8x64x256x256
-    bf16: 5.6 instead of 12 ms). The sums are of x minus each channel's first value, which is of the
+    BatchNorm moves them), in one pass of a compiled kernel where ATen's takes two. The sums are of x
+    minus each channel's first value, which is of the
     channel's own magnitude: a sum of squares of x itself would cancel when the mean dwarfs the
     spread. Float32 throughout (ATen's rounds a bf16 x's statistics to bf16)."""
     shift = x[0, :, 0, 0].float()
@@ -394,8 +393,8 @@ _compiled_kernels: dict[str, object] = {}
 _fused_unavailable: str | None = None  # why the fused kernels cannot be compiled here, once known
 
 
-# Below this many elements a call saves under a millisecond (2-core AMX Xeon, bf16: 1.4x at 1M
-# elements, 1.1x at 256k, slower below), less than compiling a kernel for the shape costs a short run.
+# Below this many elements a call saves less than compiling a kernel for the shape costs a short run
+# (the fused kernels gain less the smaller the tensor, and lose below a quarter of this).
 FUSED_MIN_ELEMENTS = 1 << 20
 
 
@@ -417,8 +416,8 @@ def fused_kernels_apply(x: torch.Tensor, largest_elements: int | None = None) ->
 
 
 def _probe_compiler() -> None:
-    """The private torch APIs the fused kernels call (imported here, not at import time: ~1 s that
-    inference never needs); raises where another torch lacks one of them."""
+    """The private torch APIs the fused kernels call (imported here, not at import time: the compiler's
+    imports are slow, and inference never needs them); raises where another torch lacks one of them."""
     import torch._dynamo
     import torch._inductor.config
     import torch._inductor.exc
@@ -436,7 +435,7 @@ def _in_dispatch_mode() -> bool:
 
 # Inductor stores an intermediate that reads 4 inputs or more (`realize_reads_threshold`) to memory
 # when two expressions use it: the pooled forward's window maximum, in float32, written and read
-# back in a second loop. Recomputed in one loop instead: 16x64x256x256 bf16, 18 -> 14 ms.
+# back in a second loop. Recomputed in the one loop instead (`python -m bench.profile_train`).
 _INLINED_WINDOW_MAXIMUM = {"realize_reads_threshold": 8}
 
 
@@ -447,7 +446,7 @@ def _run_fused(name: str, *args):  # noqa: ANN002, ANN202
     global _fused_unavailable
     if _fused_unavailable is not None:  # found out in this step's forward: its backward runs eagerly too
         return _KERNELS[name](*args)
-    import torch._dynamo  # deferred: ~1 s of imports that inference and colorize never need
+    import torch._dynamo  # deferred: slow imports that inference and colorize never need
     import torch._inductor.config
 
     kernel = _compiled_kernels.get(name)

@@ -1,45 +1,27 @@
-"""The GAN training loop: d_step and g_step with the design document's losses (see losses.py),
-checkpoints and resume. A checkpoint is written atomically after every epoch; a re-run with the same
-params and data continues from it (and continues the same MLflow run) instead of starting over.
+"""The GAN training loop: epochs of `gan.Gan.train_step` over the shards, validation, sample grids,
+MLflow logging, and the exported model. A checkpoint is written atomically after every epoch; a
+re-run with the same params and data continues from it (`resume`), and the same MLflow run with it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import socket
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, replace
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader, DistributedSampler
 
-from colorizer import fast, tracking
-from colorizer.config import ConfigError, ModelConfig, Params, TrainConfig, UserError
+from colorizer import tracking
+from colorizer.config import ConfigError, Params, TrainConfig, UserError
 from colorizer.data.images import save_png
-from colorizer.data.lab import normalize_ab
-from colorizer.data.shards import LabShardDataset, read_index
-from colorizer.devices import autocast, autocast_dtype, pick_device
-from colorizer.files import atomic_write_bytes, atomic_write_json, progress
-from colorizer.training import color_bins, ema, fused_blocks, losses, models, optimizers
-from colorizer.training.checkpoints import (
-    PRETRAINED_DIR,
-    CheckpointError,
-    OutdatedCheckpoint,
-    export_model,
-    load_checkpoint,
-    load_generator,
-    load_into,
-    save_checkpoint,
-)
+from colorizer.data.shards import LabShardDataset
+from colorizer.devices import pick_device
+from colorizer.files import atomic_write_json, progress
+from colorizer.training.checkpoints import export_model, save_checkpoint
 from colorizer.training.distributed import (
     ONE_PROCESS,
     World,
@@ -51,209 +33,11 @@ from colorizer.training.distributed import (
     world_from_env,
 )
 from colorizer.training.evaluate import choice_score, photo_scores
-from colorizer.training.losses import d_losses, g_losses, generator_loss
-from colorizer.training.models import Discriminator, Generator, build_discriminator, build_generator
+from colorizer.training.gan import Gan, build_gan, colour_counts, distribute
+from colorizer.training.resume import CHECKPOINT_NAME, fingerprint, one_trainer, restore, resumable_state, snapshot
 from colorizer.training.visualize import sample_grid
 
 log = logging.getLogger(__name__)
-CHECKPOINT_NAME = "checkpoint.pt"
-
-
-@dataclass
-class Gan:
-    generator: Generator
-    discriminator: Discriminator
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    l1_lambda: float
-    channels_last: bool = False
-    ema: torch.optim.swa_utils.AveragedModel | None = None  # of the generator's weights (train.ema_decay)
-    ce_lambda: float = 0.0  # model.head: bins: the cross-entropy's weight (l1_lambda is then 0)
-    bin_weights: torch.Tensor | None = None  # model.head: bins: the class rebalancing weights (Q,)
-
-    @property
-    def averaged_generator(self) -> torch.nn.Module:
-        """What is validated, sampled and exported: the EMA of the weights when there is one."""
-        return self.ema.module if self.ema is not None else unwrap(self.generator)
-
-    def autocast(self):
-        return autocast(self.device, self.amp_dtype)
-
-    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        tensor = tensor.to(self.device, non_blocking=True)
-        return tensor.contiguous(memory_format=torch.channels_last) if self.channels_last else tensor
-
-    def judge(self, L: torch.Tensor, ab: torch.Tensor, discriminator: torch.nn.Module | None = None) -> torch.Tensor:
-        discriminator = discriminator or self.discriminator
-        # joined in the dtype the first convolution computes in: the same values as autocast's cast of
-        # an fp32 join, without that copy and the a*b* copy to fp32 (copies 17 -> 11 ms a step, batch 16)
-        dtype = self.amp_dtype if torch.is_autocast_enabled(L.device.type) and self.amp_dtype else L.dtype
-        return discriminator(torch.cat([L.to(dtype), ab.to(dtype)], dim=1)).float()  # (B, 1, H/16, W/16) logits
-
-    def unwrapped(self) -> Gan:
-        """The models without their DistributedDataParallel wrappers: what rank 0 validates, samples,
-        checkpoints and exports with (a DDP forward on one rank alone would wait for the others)."""
-        return replace(self, generator=unwrap(self.generator), discriminator=unwrap(self.discriminator))
-
-    # Steps return detached 0-dim tensors, not floats: a float would force a device sync every step.
-    def d_step(self, L: torch.Tensor, ab: torch.Tensor, fake_ab: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.discriminator.requires_grad_(True)
-        self.opt_d.zero_grad(set_to_none=True)
-        with self.autocast():
-            real_logits = self.judge(L, ab)
-            fake_logits = self.judge(L, fake_ab.detach())
-        losses = d_losses(real_logits, fake_logits)
-        (losses["d_real"] + losses["d_fake"]).backward()
-        self.opt_d.step()
-        return {key: value.detach() for key, value in losses.items()}
-
-    def generate(self, generator: torch.nn.Module, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """a*b*, and the bins head's logits (None for regression)."""
-        if self.bin_weights is None:
-            return generator(L), None
-        return generator(L, with_logits=True)
-
-    def reconstruction_losses(
-        self, fake_logits: torch.Tensor | None, fake_ab: torch.Tensor, bin_logits: torch.Tensor | None, ab: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """g_gan and g_l1, and g_ce for the bins head (the rebalanced cross-entropy)."""
-        found = g_losses(fake_logits, fake_ab, ab)
-        if bin_logits is not None:
-            centres = unwrap(self.generator).bin_centres
-            found["g_ce"] = color_bins.bins_loss(bin_logits, ab, centres, self.bin_weights)
-        return found
-
-    def g_step(
-        self,
-        L: torch.Tensor,
-        ab: torch.Tensor,
-        fake_ab: torch.Tensor,
-        adversarial: bool,
-        bin_logits: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        self.discriminator.requires_grad_(False)  # G's loss must not update D
-        self.opt_g.zero_grad(set_to_none=True)
-        fake_logits = None
-        if adversarial:
-            with self.autocast():
-                # D past its DDP wrapper: D's weights get no gradient here, so there is nothing to
-                # reduce, and a DDP forward without a matching backward would stall the next one.
-                fake_logits = self.judge(L, fake_ab, unwrap(self.discriminator))
-        losses = self.reconstruction_losses(fake_logits, fake_ab, bin_logits, ab)
-        generator_loss(losses, self.l1_lambda, self.ce_lambda).backward()
-        self.opt_g.step()
-        if self.ema is not None:
-            self.ema.update_parameters(unwrap(self.generator))
-        return {key: value.detach() for key, value in losses.items()}
-
-    def train_step(self, L: torch.Tensor, ab: torch.Tensor, adversarial: bool = True) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            fake_ab, bin_logits = self.generate(self.generator, L)
-        losses = self.d_step(L, ab, fake_ab) if adversarial else {}
-        return losses | self.g_step(L, ab, fake_ab, adversarial, bin_logits)
-
-    @torch.no_grad()
-    def eval_losses(self, L: torch.Tensor, ab: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self.autocast():
-            fake_ab, bin_logits = self.generate(self.averaged_generator, L)
-            real_logits, fake_logits = self.judge(L, ab), self.judge(L, fake_ab)
-        return self.reconstruction_losses(fake_logits, fake_ab, bin_logits, ab) | d_losses(real_logits, fake_logits)
-
-
-def build_gan(
-    model_cfg: ModelConfig,
-    cfg: TrainConfig,
-    image_size: int,
-    device: torch.device,
-    colour_counts: dict[tuple[int, int], int] | None = None,
-) -> Gan:
-    """The two networks and their optimizers. `colour_counts` (`color_bins.bin_counts` of the training
-    photos) is needed for `model.head: bins`: the bin set (unless train.init brings its own) and
-    the rebalancing weights."""
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    source = initial_generator(cfg.init)
-    centres = bin_weights = None
-    if model_cfg.head == "bins":
-        if colour_counts is None:
-            raise ValueError("build_gan: model.head bins needs the training photos' colour_counts")
-        centres = source.bin_centres if source is not None and source.bins else color_bins.bin_set(colour_counts)[0]
-        bin_weights = color_bins.rebalancing_weights(centres, color_bins.prior_over(centres, colour_counts))
-    generator = build_generator(model_cfg, image_size, len(centres) if centres is not None else 0)
-    if source is not None:
-        start_from(generator, source, cfg.init, model_cfg.head)
-    if centres is not None:
-        generator.bin_centres.copy_(centres)
-    generator = generator.to(device, memory_format=memory_format)
-    discriminator = build_discriminator(model_cfg).to(device, memory_format=memory_format)
-    # the fused kernel (CUDA, and CPU since torch 2.4) is one pass over each parameter: on a 2-core
-    # CPU the generator's step takes 26 ms instead of the default foreach path's 76 (41 where the
-    # kernel copies channels-last weights: see optimizers)
-    opt_g = optimizers.adam(generator.parameters(), cfg.lr, cfg.betas)
-    opt_d = optimizers.adam(discriminator.parameters(), cfg.lr, cfg.betas)
-    return Gan(
-        generator,
-        discriminator,
-        opt_g,
-        opt_d,
-        device,
-        autocast_dtype(cfg.precision, device),
-        0.0 if bin_weights is not None else cfg.l1_lambda,
-        cfg.channels_last,
-        ema.weight_average(generator, cfg.ema_decay) if cfg.ema_decay > 0 else None,
-        cfg.ce_lambda if bin_weights is not None else 0.0,
-        bin_weights.to(device) if bin_weights is not None else None,
-    )
-
-
-def initial_generator(init: str) -> Generator | None:
-    """train.init: `none` keeps the random initialisation (None); `shipped` or a model folder: the
-    generator whose weights training starts from (the discriminator starts afresh)."""
-    if init == "none":
-        return None
-    try:
-        return load_generator(PRETRAINED_DIR if init == "shipped" else Path(init))[0]
-    except CheckpointError as e:
-        raise ConfigError(f"params.yaml: train.init: {e}") from None
-
-
-def start_from(generator: Generator, source: Generator, init: str, head: str) -> None:
-    """Copy `source`'s weights into `generator`. A model of another width, size or head is refused
-    with one line: its weights would not fit this generator."""
-    source_head = "bins" if source.bins else "regression"
-    if (source.widths, source.image_size, source_head) != (generator.widths, generator.image_size, head):
-        raise ConfigError(
-            f"params.yaml: train.init: {init} is a generator of widths {source.widths} at "
-            f"{source.image_size} px with a {source_head} head; this training builds {generator.widths} at "
-            f"{generator.image_size} px with a {head} head (set model.width_multiplier, augment.image_size "
-            "and model.head to match it, or train.init: none)"
-        )
-    with torch.no_grad():
-        for mine, theirs in zip(generator.state_dict().values(), source.state_dict().values(), strict=True):
-            mine.copy_(theirs)
-
-
-def distribute(gan: Gan, world: World, sync_batchnorm: bool) -> Gan:
-    """Both models in DistributedDataParallel for a world of several ranks (after channels-last and
-    after a resume's weights are in: DDP starts every rank from rank 0's). BatchNorm stays per rank
-    unless `sync_batchnorm` (CUDA only). A world of one is returned as it is."""
-    if not world.distributed:
-        return gan
-    from torch.nn.parallel import DistributedDataParallel
-
-    def wrap(module: torch.nn.Module) -> torch.nn.Module:
-        if sync_batchnorm:  # keeps the same Parameter objects, so the optimizers still hold them
-            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        return DistributedDataParallel(module, device_ids=[gan.device.index] if gan.device.type == "cuda" else None)
-
-    return replace(gan, generator=wrap(gan.generator), discriminator=wrap(gan.discriminator))
-
-
-def colour_counts(dataset: LabShardDataset) -> dict[tuple[int, int], int]:
-    """The colour-bin counts (`color_bins.bin_counts`) of every pixel of the split's shards."""
-    chunks = (shard[start : start + 256, 1:] for shard in dataset.shards for start in range(0, len(shard), 256))
-    return color_bins.bin_counts(normalize_ab(np.asarray(chunk, dtype=np.float32)) for chunk in chunks)
 
 
 def lr_at(epoch: int, cfg: TrainConfig) -> float:
@@ -357,103 +141,6 @@ def write_samples(gan: Gan, dataset: LabShardDataset, count: int, seed: int, pat
     save_png(path, sample_grid(L, fake, ab))
 
 
-# the modules whose code a checkpoint was trained with: the loop, the losses, the model and its
-# kernels, the optimizer
-TRAINING_CODE = (sys.modules[__name__], losses, models, fused_blocks, optimizers, ema, color_bins)
-
-
-def fingerprint(params: Params, shard_dir: Path, world_size: int = 1) -> str:
-    """What a checkpoint must share with this run to be resumed: params but the epoch count, the data,
-    the code of the model and the loop (a fixed bug must not be resumed past), and the number of ranks
-    (another splits every batch and epoch differently)."""
-    train = params.train.model_dump(exclude={"epochs", "loader_workers", "threads", "sample_count"})
-    code = hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in TRAINING_CODE)).hexdigest()
-    payload = {
-        "seed": params.seed,
-        "model": params.model.model_dump(),
-        "train": train,
-        "code": code,
-        "data": hashlib.sha256(json.dumps(read_index(shard_dir), sort_keys=True).encode()).hexdigest(),
-        "world_size": world_size,
-        "fast": fast.enabled(),  # the plain paths round otherwise: a resume continues on the same ones
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
-
-
-def resumable_state(path: Path, expected_fingerprint: str, epochs: int, say=log.info) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        state = load_checkpoint(path)
-    except OutdatedCheckpoint as e:
-        say("train: %s; starting over", e)
-        return None
-    if state.get("fingerprint") != expected_fingerprint:
-        say("train: %s was made with other params, data or number of ranks; starting over", path)
-        return None
-    if state["epoch"] > epochs:
-        say("train: %s is past epoch %d already; starting over", path, epochs)
-        return None
-    say("train: resuming from %s after epoch %d", path, state["epoch"])
-    return state
-
-
-def restore(gan: Gan, state: dict, loader_rng: torch.Generator, path: Path) -> None:
-    load_into(gan.generator, state["generator"], path)
-    load_into(gan.discriminator, state["discriminator"], path)
-    gan.opt_g.load_state_dict(state["opt_g"])
-    gan.opt_d.load_state_dict(state["opt_d"])
-    if gan.ema is not None:
-        load_into(gan.ema, state["generator_ema"], path)
-    torch.set_rng_state(state["torch_rng"])
-    loader_rng.set_state(state["loader_rng"])
-    if torch.cuda.is_available() and state.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
-
-
-def snapshot(gan: Gan, epoch: int, loader_rng: torch.Generator, history: list, fingerprint: str) -> dict:
-    """Everything a resume needs, and nothing run-specific (the MLflow run is found by the fingerprint),
-    so the same training writes the same checkpoint bytes."""
-    return {
-        "fingerprint": fingerprint,
-        "epoch": epoch,
-        "history": history,
-        "generator": gan.generator.state_dict(),
-        "discriminator": gan.discriminator.state_dict(),
-        "opt_g": gan.opt_g.state_dict(),
-        "opt_d": gan.opt_d.state_dict(),
-        "generator_ema": gan.ema.state_dict() if gan.ema is not None else None,
-        "torch_rng": torch.get_rng_state(),
-        "loader_rng": loader_rng.get_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-@contextmanager
-def one_trainer(state_dir: Path) -> Iterator[None]:
-    """One training at a time per state folder: a second would resume from the same checkpoint into
-    the same MLflow run. An OS lock, so a killed trainer never blocks the next."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    lock, holder = FileLock(state_dir / ".trainer.lock", timeout=0), state_dir / ".trainer"
-    try:
-        lock.acquire()
-    except Timeout:
-        who = holder.read_text() if holder.is_file() else "another process"
-        raise UserError(
-            f"{state_dir}: {who} is training on this state already; wait for it or stop it "
-            "(one trainer per state folder)"
-        ) from None
-    try:
-        try:  # who holds it, for the message above (a full disk here is reported by what follows)
-            atomic_write_bytes(holder, f"pid {os.getpid()} on {socket.gethostname()}".encode())
-        except OSError:
-            pass
-        yield
-    finally:
-        holder.unlink(missing_ok=True)
-        lock.release()
-
-
 def train(
     params: Params,
     shard_dir: Path,
@@ -502,13 +189,29 @@ def train(
         torch.manual_seed(params.seed)
         counts = colour_counts(train_set) if params.model.head == "bins" else None
         gan = build_gan(params.model, cfg, train_set.image_size, device, counts)
+        used, given = len(unwrap(gan.generator).widths), len(params.model.generator_widths)
+        if used < given and world.is_main:  # said, not silent: one down-block per halving of the image
+            log.info(
+                "train: model.generator_widths: the first %d of %d widths make the UNet at %d px "
+                "(a 1x1 bottleneck); the design document's 8 need augment.image_size 256",
+                *(used, given, train_set.image_size),
+            )
         log.debug(
             "train: rank %d of %d, %d training and %d validation images on %s, autocast %s, %d threads",
             *(world.rank, world.size, len(train_set), len(val_set), device, gan.amp_dtype, torch.get_num_threads()),
         )
         outputs = TrainOutputs(model_dir, state_dir, plots_path, metrics_path, samples_path)
         with one_trainer(state_dir) if world.is_main else nullcontext():  # until the end: model and metrics too
-            return _train(params, gan, world, train_set, val_set, shard_dir, outputs)
+            return _train(params, gan, world, TrainingData(shard_dir, train_set, val_set), outputs)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What a training reads: its shards, and their training and validation splits."""
+
+    shard_dir: Path
+    train_set: LabShardDataset
+    val_set: LabShardDataset
 
 
 @dataclass(frozen=True)
@@ -527,18 +230,10 @@ class TrainOutputs:
         return self.state_dir / CHECKPOINT_NAME
 
 
-def _train(
-    params: Params,
-    gan: Gan,
-    world: World,
-    train_set: LabShardDataset,
-    val_set: LabShardDataset,
-    shard_dir: Path,
-    out: TrainOutputs,
-) -> dict:
+def _train(params: Params, gan: Gan, world: World, data: TrainingData, out: TrainOutputs) -> dict:
     cfg = params.train
     loader_rng = torch.Generator().manual_seed(params.seed)
-    run_fingerprint = fingerprint(params, shard_dir, world.size)
+    run_fingerprint = fingerprint(params, data.shard_dir, world.size)
     say = log.info if world.is_main else log.debug
     state = resumable_state(out.checkpoint, run_fingerprint, cfg.epochs, say)
     history: list[dict] = []
@@ -548,7 +243,7 @@ def _train(
     gan = distribute(gan, world, cfg.sync_batchnorm)
     rank0 = gan.unwrapped()
     loader = make_loader(
-        train_set,
+        data.train_set,
         cfg.batch_size // world.size,
         cfg.loader_workers,
         loader_rng,
@@ -570,7 +265,7 @@ def _train(
             seconds = time.perf_counter() - started
             if world.is_main:  # the others wait at the barrier while rank 0 validates and saves
                 history.append(
-                    end_epoch(params, rank0, val_set, epoch, train_losses, images * world.size / seconds, out)
+                    end_epoch(params, rank0, data.val_set, epoch, train_losses, images * world.size / seconds, out)
                 )
                 tracking.write_plot_rows(out.plots_path, history)
                 save_checkpoint(out.checkpoint, snapshot(rank0, epoch, loader_rng, history, run_fingerprint))
@@ -578,7 +273,7 @@ def _train(
         if world.is_main:
             tracking.write_plot_rows(out.plots_path, history)
             if out.samples_path:  # the last epoch's grid, drawn again: the same model and seed give the same picture
-                write_samples(rank0, val_set, cfg.sample_count, params.seed + cfg.epochs, out.samples_path)
+                write_samples(rank0, data.val_set, cfg.sample_count, params.seed + cfg.epochs, out.samples_path)
             recipe = {"epochs": cfg.epochs, "seed": params.seed}
             info = export_model(out.model_dir, rank0.averaged_generator, rank0.discriminator, recipe)
             # how evaluate and register find this run (register logs the model into it, as MLflow serves it)
