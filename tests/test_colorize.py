@@ -23,7 +23,7 @@ from colorizer.colorize.report import HISTORY_NAME, REPORT_NAME
 from colorizer.config import ColorizeOptions, UserError
 from colorizer.data.lab import rgb_to_lab
 from colorizer.files import is_temp_name
-from tests.helpers import colourful, encode, resize_disk
+from tests.helpers import PROGRAMS, colourful, encode, resize_disk
 
 
 def grey(width, height, seed=0):
@@ -400,23 +400,15 @@ def test_src_and_dst_must_not_overlap(tmp_path, model_dir):
             run(src, dst, model_dir)
 
 
-FULL_DISK = """
-import resource, signal, sys
-from pathlib import Path
-signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
-resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[4]), int(sys.argv[4])))
-from colorizer.cli import main
-sys.exit(main(["colorize", sys.argv[1], sys.argv[2], "--model", sys.argv[3], "--workers", "1"]))
-"""
-
-
 def test_a_write_that_fails_midway_leaves_no_partial_file_and_the_rerun_finishes(tmp_path, model_dir):
     src, dst = tmp_path / "src", tmp_path / "dst"
     src.mkdir()
     for i, side in enumerate((48, 64, 600)):  # the large one's JPEG is over the file-size limit below
         Image.fromarray(colourful(side, side, seed=i)).save(src / f"p{i}.jpg", quality=95)
     limited = subprocess.run(
-        [sys.executable, "-c", FULL_DISK, str(src), str(dst), str(model_dir), "40000"], capture_output=True, text=True
+        [sys.executable, str(PROGRAMS / "colorize_on_a_full_disk.py"), str(src), str(dst), str(model_dir), "40000"],
+        capture_output=True,
+        text=True,
     )
     assert limited.returncode == 0, limited.stderr
     rows = report(dst)
@@ -552,13 +544,6 @@ def test_a_file_name_that_is_not_utf8_is_colorized_and_reported(tmp_path, model_
     assert lines[1].startswith(b"caf\xe9.png,done,")  # the name's own bytes
 
 
-PEAK_RSS = """
-import resource, subprocess, sys
-subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
-"""
-
-
 def test_an_archive_is_read_member_by_member_not_whole(tmp_path, model_dir):
     """Peak memory grows with the pipeline's window, not with the archive: 48 members of ~2.9 MB (noise
     does not compress) cost much less than the 140 MB they hold."""
@@ -572,7 +557,12 @@ def test_an_archive_is_read_member_by_member_not_whole(tmp_path, model_dir):
                 zf.writestr(f"scan{i:03d}.png", member)
         command = [sys.executable, "-m", "colorizer.cli", "colorize", str(archive), str(tmp_path / f"out{count}")]
         command += ["--model", str(model_dir), "--workers", "1", "--batch-size", "2"]
-        done = subprocess.run([sys.executable, "-c", PEAK_RSS, *command], capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, str(PROGRAMS / "peak_rss_of_colorize.py"), *command],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks[count] = int(done.stdout.split()[-1])
         assert (report(tmp_path / f"out{count}").status == "done").sum() == count
     archive_mib = 44 * len(member) / 2**20

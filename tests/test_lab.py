@@ -20,6 +20,7 @@ from colorizer.data.lab import (
     normalize_L,
     rgb_to_lab,
 )
+from tests.helpers import PROGRAMS
 
 ALL_RGB_SAMPLE = np.random.default_rng(0).integers(0, 256, (100_000, 3), dtype=np.uint8)
 
@@ -136,19 +137,6 @@ def test_mean_chroma_is_zero_for_grey_and_large_for_colour():
     assert mean_chroma(np.full((4, 4, 3), (255, 0, 0), np.uint8)) > 100
 
 
-_LAB_BYTES_IN_A_SUBPROCESS = """
-import hashlib
-import numpy as np
-from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
-from threadpoolctl import threadpool_info
-from colorizer.data.lab import rgb_to_lab
-rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 64, 3), dtype=np.uint8)
-print([pool.get("architecture") for pool in threadpool_info() if "numpy" in pool["filepath"]][0])
-print(",".join(f for f in __cpu_dispatch__ if __cpu_features__[f]) or "baseline")
-print(hashlib.sha256(rgb_to_lab(rgb).tobytes()).hexdigest())
-"""
-
-
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the kernels and SIMD levels named here are x86's")
 def test_lab_bytes_do_not_depend_on_the_cpu_kernels():
     """Shards must be the same bytes on every machine: the conversion may not depend on which BLAS
@@ -156,7 +144,7 @@ def test_lab_bytes_do_not_depend_on_the_cpu_kernels():
 
     def run(**env: str) -> list[str]:
         done = subprocess.run(
-            [sys.executable, "-c", _LAB_BYTES_IN_A_SUBPROCESS],
+            [sys.executable, str(PROGRAMS / "lab_bytes.py")],
             env={**os.environ, **env},
             capture_output=True,
             text=True,

@@ -15,7 +15,7 @@ from colorizer.colorize.worker import STRIP_PIXELS, full_L, recombine
 from colorizer.data.images import decode
 from colorizer.parallel import INLINE, OrderedMap, RestartingPool, batched, process_pool, thread_pool
 from colorizer.runtime import keep_freed_memory
-from tests.helpers import colourful, encode
+from tests.helpers import PROGRAMS, colourful, encode
 
 INITIALISED = "not yet"
 
@@ -112,23 +112,11 @@ def test_a_started_ordered_map_runs_its_first_window_before_anyone_iterates():
     assert sorted(ran) == list(range(10))
 
 
-FAULTS_PER_REUSE = """
-import resource, sys
-import numpy as np
-from colorizer.runtime import keep_freed_memory
-if sys.argv[1] == "keep":
-    assert keep_freed_memory()
-np.ones(16_000_000, np.float32)  # 64 MB (a batch's activations), freed at once
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
-    np.ones(16_000_000, np.float32)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
 def test_freed_memory_is_reused_instead_of_faulted_in_again():
     def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", FAULTS_PER_REUSE, mode], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, str(PROGRAMS / "faults_per_reuse.py"), mode], capture_output=True, text=True, check=True
+        )
         return int(out.stdout.split()[-1])
 
     if not sys.platform.startswith("linux"):

@@ -20,16 +20,7 @@ from colorizer.colorize.bulk import colorize
 from colorizer.config import ColorizeOptions
 from colorizer.serving import pyfunc as serving
 from colorizer.training.checkpoints import PRETRAINED_DIR
-from tests.helpers import colourful, encode
-
-PREDICT = """
-import base64, json, sys
-import mlflow.pyfunc, pandas as pd
-model = mlflow.pyfunc.load_model(sys.argv[1])
-rows = model.predict(pd.DataFrame({"image": [b"not an image", open(sys.argv[2], "rb").read()]}))
-found = [{"error": e, "colorized": c and base64.b64encode(c).decode()} for c, e in zip(rows.colorized, rows.error)]
-print(json.dumps(found))
-"""
+from tests.helpers import PROGRAMS, colourful, encode
 
 
 @pytest.mark.slow
@@ -54,7 +45,11 @@ def test_the_logged_model_serves_from_a_fresh_venv_of_its_own_requirements(tmp_p
     photo = tmp_path / "scan.jpg"
     photo.write_bytes(encode(Image.fromarray(colourful(150, 100)).convert("L"), "JPEG", quality=90))
     served = subprocess.run(
-        [venv / "bin" / "python", "-c", PREDICT, model, photo], env=env, capture_output=True, text=True, timeout=300
+        [venv / "bin" / "python", str(PROGRAMS / "predict_with_the_logged_model.py"), model, photo],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert served.returncode == 0, served.stderr[-3000:]
     refused, answered = json.loads(served.stdout.strip().splitlines()[-1])

@@ -22,6 +22,7 @@ from colorizer.config import ColorizeOptions
 from colorizer.serving import pyfunc as serving
 from colorizer.training.checkpoints import load_checkpoint
 from tests.helpers import (
+    PROGRAMS,
     colourful,
     encode,
     free_port,
@@ -118,15 +119,6 @@ def mlflow_server(tmp_path):
     stop_server(server)
 
 
-TRAIN_UNTIL_STOPPED = """
-import sys
-from pathlib import Path
-from colorizer.runtime import run_entry
-from tests.helpers import run_train, tiny_params
-sys.exit(run_entry("train", lambda: run_train(tiny_params(epochs=500), Path(sys.argv[1]), Path(sys.argv[2]))))
-"""
-
-
 def test_a_server_that_stops_mid_training_is_one_line_and_the_rerun_continues_its_run(
     tiny_shards, tmp_path, monkeypatch
 ):
@@ -134,7 +126,7 @@ def test_a_server_that_stops_mid_training_is_one_line_and_the_rerun_continues_it
     server, url = start_server(tmp_path, port)
     environment = os.environ | {"MLFLOW_TRACKING_URI": url, "DVC_ROOT": str(tmp_path)}
     trainer = subprocess.Popen(
-        [sys.executable, "-c", TRAIN_UNTIL_STOPPED, str(tiny_shards), str(tmp_path)],
+        [sys.executable, str(PROGRAMS / "train_until_stopped.py"), str(tiny_shards), str(tmp_path)],
         cwd=Path(__file__).resolve().parents[1],
         env=environment,
         stdout=subprocess.DEVNULL,

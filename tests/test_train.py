@@ -23,7 +23,7 @@ from colorizer.training.checkpoints import CheckpointError, load_checkpoint, loa
 from colorizer.training.gan import build_gan, colour_counts
 from colorizer.training.resume import CHECKPOINT_NAME, training_code_files
 from colorizer.training.train import train
-from tests.helpers import TINY, run_train, tiny_params, wait_for_files
+from tests.helpers import PROGRAMS, TINY, run_train, tiny_params, wait_for_files
 
 
 def run_of(state: dict) -> str:
@@ -155,18 +155,10 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_resumes(
     assert pd.read_csv(root / "p.csv").epoch.tolist() == [1, 2]
 
 
-LONG_TRAINING = """
-import sys
-from pathlib import Path
-from tests.helpers import run_train, tiny_params
-run_train(tiny_params(epochs=500), Path(sys.argv[1]), Path(sys.argv[2]))
-"""
-
-
 def test_a_second_trainer_on_the_same_state_is_refused_and_says_who_holds_it(tiny_shards, tmp_path, mlflow_store):
     repo = Path(__file__).resolve().parents[1]
     first = subprocess.Popen(
-        [sys.executable, "-c", LONG_TRAINING, str(tiny_shards), str(tmp_path)],
+        [sys.executable, str(PROGRAMS / "long_training.py"), str(tiny_shards), str(tmp_path)],
         cwd=repo,
         env=os.environ | {"DVC_ROOT": str(tmp_path)},
         stdout=subprocess.DEVNULL,
