@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench import ddp_scaling, photo_costs, profile_train, ray_engine
 from bench.common import matmul_gflops, sync, time_calls, write_jpegs
+from colorizer import fast
 from colorizer.colorize.inference import ModelRunner
 from colorizer.config import PIX2PIX_WIDTHS, ColorizeOptions, ModelConfig, TrainConfig, parse_params
 from colorizer.data.shards import LabShardDataset, write_shards
@@ -362,6 +363,8 @@ def main() -> None:
             "train_img_s_default_batch": at_default_batch["train_img_s"],
         }
         figures |= train_mfu(at_batch, at_default_batch, first_peak)
+        with fast.enabled_as(False):  # COLORIZER_FAST=0: the design document's blocks, torch's Adam
+            figures["train_plain_img_s"] = bench_train(device, repeats)["train_img_s"]
         figures["train_op_time_share"] = profile_train.main(BATCH)["share_of_op_time"]
         model_dir = root / "model"
         export_model(
@@ -373,6 +376,8 @@ def main() -> None:
         print("loader, inference, colorize ...", file=sys.stderr)
         figures |= bench_loader(root, device)
         figures |= bench_infer(model_dir, device, repeats)
+        with fast.enabled_as(False):  # the generator as trained, unfolded, on ATen's convolutions
+            figures["infer_plain_img_s"] = bench_infer(model_dir, device, repeats)["infer_img_s"]
         figures |= bench_colorize(root, model_dir, device)
         print("quality, memory ...", file=sys.stderr)
         figures |= quality_check(root, device)
@@ -402,6 +407,11 @@ def print_table(f: dict) -> None:
             f"{f['train_img_s'] / f['train_naive_img_s']:.2f}x naive (target 2.5x)",
         ),
         (
+            "train step, COLORIZER_FAST=0 (img/s)",
+            f"{f['train_plain_img_s']:.2f}",
+            f"the fast paths: {f['train_img_s'] / f['train_plain_img_s']:.2f}x these plain ones",
+        ),
+        (
             f"train MFU vs {f['train_dtype']} matmul peak",
             f"{f['train_mfu']:.2f}",
             f"the best of {' / '.join(map(str, f['train_peak_gflops_seen']))} GFLOP/s measured (target 0.45 on AMX)",
@@ -427,6 +437,11 @@ def print_table(f: dict) -> None:
             "generator inference, ours (img/s)",
             f"{f['infer_img_s']:.2f}",
             f"{f['infer_img_s'] / f['infer_naive_img_s']:.2f}x naive (target 1.8x)",
+        ),
+        (
+            "generator inference, COLORIZER_FAST=0 (img/s)",
+            f"{f['infer_plain_img_s']:.2f}",
+            f"the fast paths: {f['infer_img_s'] / f['infer_plain_img_s']:.2f}x these plain ones",
         ),
         (
             "colorize end to end, 1024x768 JPEG (img/s)",

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from colorizer.colorize.inference import FoldedGenerator
 from colorizer.data.lab import AB_SCALE
 from colorizer.training import color_bins
 from colorizer.training.color_bins import (
@@ -16,7 +17,7 @@ from colorizer.training.color_bins import (
     rebalancing_weights,
     soft_encode,
 )
-from colorizer.training.models import FoldedGenerator, Generator
+from colorizer.training.models import Generator
 
 
 def lab_units(*pairs):
