@@ -1,3 +1,2 @@
-"""`make bench`: measured speed ratios (never run as tests)."""
-
-import colorizer  # noqa: F401 (before torch: the package sets torch's OpenMP spin policy, as its commands run)
+"""`make bench`: measured speed ratios (never run as tests). Each entry point calls
+`colorizer.runtime.setup_process()` before torch loads, as the commands do."""

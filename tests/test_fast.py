@@ -34,20 +34,24 @@ def test_with_the_switch_off_nothing_is_probed_and_every_path_is_plain():
     def probe():
         raise AssertionError("probed with the fast paths off")
 
+    before = fast.enabled()
     with fast.enabled_as(False):
         assert not fast.enabled() and not fast.usable("another test path", probe)
         assert type(optimizers.adam(torch.nn.Linear(2, 2).parameters(), 1e-3, (0.5, 0.999))) is torch.optim.Adam
-    assert fast.enabled()
-    assert isinstance(optimizers.adam(torch.nn.Linear(2, 2).parameters(), 1e-3, (0.5, 0.999)), ChannelsLastAdam)
+    assert fast.enabled() == before
+    with fast.enabled_as(True):
+        assert isinstance(optimizers.adam(torch.nn.Linear(2, 2).parameters(), 1e-3, (0.5, 0.999)), ChannelsLastAdam)
 
 
 def test_the_switch_reaches_the_processes_this_one_starts():
     program = "from colorizer import fast; print(fast.enabled())"
-    with fast.enabled_as(False):
-        assert os.environ[fast.VARIABLE] == "0"
-        done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "False"
-    assert os.environ.get(fast.VARIABLE) != "0"  # as it was before
+    variable_before = os.environ.get(fast.VARIABLE)
+    for on in (False, True):
+        with fast.enabled_as(on):
+            assert os.environ[fast.VARIABLE] == ("1" if on else "0")
+            done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+        assert done.stdout.strip() == str(on)
+    assert os.environ.get(fast.VARIABLE) == variable_before
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0", "False"), ("off", "False"), ("1", "True"), ("", "True")])

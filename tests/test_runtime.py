@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from colorizer.runtime import launchers
+from tests.helpers import PROGRAMS
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
 
@@ -102,3 +103,18 @@ def test_an_address_space_limit_is_one_line_not_a_traceback(tmp_path):
         assert "out of memory" in line and "ulimit -v" in line
         refused += 1
     assert refused  # 300 MB never holds torch
+
+
+def test_importing_any_module_changes_no_process_state():
+    """colorizer/__init__.py's promise, checked for every module: entry points make the process-wide
+    settings (`setup_process`), importing the library makes none (its libraries, imported first,
+    keep their own import effects)."""
+    done = subprocess.run(
+        [sys.executable, str(PROGRAMS / "import_every_module.py")],
+        env={k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == ""

@@ -23,8 +23,6 @@ T = TypeVar("T")
 TEMP_MARK = ".colorizer-tmp"
 _TEMP_NAME = re.compile(r"\..*\.[0-9a-f]{8}" + re.escape(TEMP_MARK) + r"(\.[^.]*)?", re.DOTALL)
 NAME_MAX = 255  # bytes in one file name (ext4, XFS, APFS, NTFS)
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 @contextmanager
@@ -60,7 +58,7 @@ def _new_temp_file(final: Path, suffix: str) -> Path:
         head = os.fsdecode(os.fsencode(final.name)[:room])  # bytes, as the file system counts them
         tmp = final.parent / f".{head}{tail}"
         try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666 & ~_UMASK))
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))  # less the umask, as open(2) does
         except FileExistsError:
             continue
         return tmp

@@ -59,6 +59,8 @@ def setup_process(keep_memory: bool = True) -> None:
     to end on a 2-core machine and left training speed unchanged (measured with `make bench`).
     libgomp reads the variable once, when torch loads. A value the user set is kept."""
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+    # albumentations asks PyPI for a newer release when it is imported; this pipeline runs offline
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     for stream in ("stdout", "stderr"):  # closed by the caller (`2>&-`): write nowhere rather than fail
         if getattr(sys, stream) is None:
             setattr(sys, stream, open(os.devnull, "w"))  # noqa: SIM115 - for the process's life

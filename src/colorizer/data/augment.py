@@ -9,13 +9,9 @@ whatever the collection size.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-# albumentations checks PyPI for a newer release when imported; this pipeline runs offline.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import albumentations as A  # noqa: E402
+import albumentations as A  # its check for a newer release is off: runtime.setup_process, before this import
 import cv2
 import numpy as np
 import pandas as pd
