@@ -366,9 +366,12 @@ def test_without_ema_the_last_weights_are_exported(tiny_shards, tmp_path, mlflow
         torch.testing.assert_close(value, state["generator"][name].to(value.dtype))
 
 
-def test_the_ema_averages_as_its_formula_says():
+@pytest.mark.parametrize("fast_paths", [True, False])
+def test_the_ema_averages_as_its_formula_says(fast_paths):
     """After the first update copies the weights, each update moves the average a share
-    1 - min(decay, (1 + n) / (10 + n)) of the way to the current weights."""
+    1 - min(decay, (1 + n) / (10 + n)) of the way to the current weights (on torch's foreach kernels,
+    and on the plain path, tensor by tensor)."""
+    from colorizer import fast
     from colorizer.training.ema import warmed_up_decay, weight_average
 
     assert warmed_up_decay(0.999, 0) == pytest.approx(0.1)
@@ -380,7 +383,8 @@ def test_the_ema_averages_as_its_formula_says():
     for step, value in enumerate([1.0, 3.0, 7.0, -1.0]):
         with torch.no_grad():
             model[0].weight.fill_(value)
-        average.update_parameters(model)
+        with fast.enabled_as(fast_paths):
+            average.update_parameters(model)
         expected = value if step == 0 else expected + (1 - warmed_up_decay(0.5, step)) * (value - expected)
         assert average.module[0].weight.item() == pytest.approx(expected)
     assert average.module[1].num_batches_tracked.item() == model[1].num_batches_tracked.item()

@@ -34,7 +34,10 @@ def cpu_has_native_bf16() -> bool:
     COLORIZER_CPU_BF16=0 answers no on any CPU: what an AVX2-only CPU gets, shown on the one you have."""
     if os.environ.get("COLORIZER_CPU_BF16", "1").strip() == "0":
         return False
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    try:  # a private op: another torch may lack it, and then bf16 is not taken for native
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

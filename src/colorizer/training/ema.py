@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from colorizer import fast
+
 
 def warmed_up_decay(decay: float, updates: int) -> float:
     """The decay of the update after `updates` earlier ones (timm's warm-up)."""
@@ -23,9 +25,22 @@ def weight_average(model: torch.nn.Module, decay: float) -> AveragedModel:
     after every optimizer step, `.module` is the averaged network."""
 
     def multi_avg_fn(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-        if not averaged[0].is_floating_point():  # num_batches_tracked
-            torch._foreach_copy_(averaged, current)
+        weight = 1.0 - warmed_up_decay(decay, int(updates))
+        if fast.usable("foreach EMA update", _probe_foreach):  # one kernel launch for all the tensors
+            if not averaged[0].is_floating_point():  # num_batches_tracked
+                torch._foreach_copy_(averaged, current)
+            else:
+                torch._foreach_lerp_(averaged, current, weight)
             return
-        torch._foreach_lerp_(averaged, current, 1.0 - warmed_up_decay(decay, int(updates)))
+        for mine, theirs in zip(averaged, current, strict=True):
+            if mine.is_floating_point():
+                mine.lerp_(theirs, weight)
+            else:
+                mine.copy_(theirs)
 
     return AveragedModel(model, multi_avg_fn=multi_avg_fn, use_buffers=True)
+
+
+def _probe_foreach() -> None:
+    torch._foreach_lerp_([torch.zeros(1)], [torch.ones(1)], 0.5)
+    torch._foreach_copy_([torch.zeros(1, dtype=torch.long)], [torch.ones(1, dtype=torch.long)])

@@ -39,6 +39,8 @@ def pooled_norm_act(x: torch.Tensor, norm: nn.BatchNorm2d, act: nn.LeakyReLU, po
     (B, C, H, W) -> (B, C, H/2, W/2), computed on the pooled pixels."""
     if (pool.kernel_size, pool.stride, pool.padding, pool.dilation) != (2, 2, 0, 1) or not norm.affine:
         raise ValueError(f"pooled_norm_act: for an affine BatchNorm and a 2x2 max pool of stride 2, not {pool}")
+    if not fast.usable("pooled BatchNorm on ATen's ops", _probe_aten_ops):
+        return pool(act(norm(x)))  # the designed order
     if not (norm.training or not norm.track_running_stats):
         return act(_eval_pooled_norm(x, norm))
     running_mean, running_var, momentum = _running_statistics_step(norm)
@@ -47,6 +49,15 @@ def pooled_norm_act(x: torch.Tensor, norm: nn.BatchNorm2d, act: nn.LeakyReLU, po
             x, norm.weight, norm.bias, running_mean, running_var, momentum, norm.eps, act.negative_slope
         )
     return act(_PooledBatchNorm.apply(x, norm.weight, norm.bias, running_mean, running_var, momentum, norm.eps))
+
+
+def _probe_aten_ops() -> None:
+    """The ATen operators that `_PooledBatchNorm` calls by name, as this module calls them."""
+    x = torch.ones(1, 1, 2, 2, requires_grad=False)
+    pooled, indices = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
+    torch.ops.aten.max_pool2d_with_indices_backward(pooled, x, [2, 2], [2, 2], [0, 0], [1, 1], False, indices)
+    mean, invstd = torch.zeros(1), torch.ones(1)
+    torch.ops.aten.native_batch_norm_backward(x, x, None, None, None, mean, invstd, True, 1e-5, [True, True, True])
 
 
 def _eval_pooled_norm(x: torch.Tensor, norm: nn.BatchNorm2d) -> torch.Tensor:
