@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench import ddp_scaling, photo_costs, profile_train, ray_engine
-from bench.common import matmul_gflops, sync, time_calls, write_jpegs
+from bench.common import BATCH, DISCRIMINATOR_WIDTHS, SIZE, matmul_gflops, sync, time_calls, write_jpegs
 from colorizer import fast
 from colorizer.colorize.inference import ModelRunner
 from colorizer.config import PIX2PIX_WIDTHS, ColorizeOptions, ModelConfig, TrainConfig, parse_params
@@ -42,9 +42,7 @@ from colorizer.training.gan import build_gan
 from colorizer.training.models import Discriminator, Generator
 from colorizer.training.train import make_loader, train
 
-SIZE, BATCH = 256, 8  # the design document's image size; the batch of the training and inference rows
 COLORIZE_BATCH = ColorizeOptions().batch_size  # colorize's default, and the model's alongside it
-DISCRIMINATOR_WIDTHS = [64, 128, 256, 512]
 
 
 def naive_train_step(generator, discriminator, opt_g, opt_d, L, ab) -> None:

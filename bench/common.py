@@ -10,6 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# the design document's image size, the batch of the training and inference rows, and its PatchGAN
+SIZE, BATCH = 256, 8
+DISCRIMINATOR_WIDTHS = [64, 128, 256, 512]
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":

@@ -18,12 +18,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.common import matmul_gflops
+from bench.common import SIZE, matmul_gflops
 from colorizer.config import ModelConfig, TrainConfig
 from colorizer.devices import pick_device
 from colorizer.training.gan import build_gan
 
-SIZE = 256
 KINDS = {  # the first pattern found in an operator's name decides its kind
     # the only compiled graphs in a step are the blocks' fused BatchNorm + activation + pool/upsample kernels
     "fused BN+act+pool/upsample": ("compiledfxgraph",),

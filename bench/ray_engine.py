@@ -89,7 +89,7 @@ def table_rows(f: dict) -> list[tuple[str, str, str]]:
 
 
 if __name__ == "__main__":
-    from bench.__main__ import DISCRIMINATOR_WIDTHS, SIZE
+    from bench.common import DISCRIMINATOR_WIDTHS, SIZE
     from colorizer.config import PIX2PIX_WIDTHS
     from colorizer.training.checkpoints import export_model
     from colorizer.training.models import Discriminator, Generator
