@@ -325,3 +325,27 @@ def test_the_served_model_bounds_pixels_and_photos_at_once(tmp_path, mlflow_stor
     slots.release()
     assert answered.wait(60.0)
     waiting.join()
+
+
+def test_register_logs_the_trained_model_into_its_training_run(tiny_shards, tmp_path, mlflow_store, caplog):
+    """The register stage: training logs no model; register finds the run that exported the model
+    (by its sha256) and logs it there as a served model, a registered version tagged with the choice
+    scores of metrics/train.json. A model no run of this store exported is one warning, no version."""
+    from colorizer.serving.register import register
+    from colorizer.training.checkpoints import PRETRAINED_DIR
+
+    run_train(tiny_params(epochs=1), tiny_shards, tmp_path)
+    client = MlflowClient(mlflow_store)
+    [run] = client.search_runs(client.get_experiment_by_name(tracking.experiment_name()).experiment_id)
+    assert not client.search_registered_models()  # training alone registers nothing
+    uri = register(tmp_path / "model", tmp_path / "train.json")
+    model = mlflow.models.get_model_info(uri)
+    assert model.run_id == run.info.run_id
+    [version] = client.search_model_versions("name='colorizer'")
+    scores = json.loads((tmp_path / "train.json").read_text())["choice"]
+    assert version.run_id == run.info.run_id and version.tags["choice_score"] == f"{scores['score']:.4f}"
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
+    with caplog.at_level("WARNING", logger="colorizer"):
+        assert register(PRETRAINED_DIR, tmp_path / "train.json") is None
+    assert "no MLflow run in" in caplog.text and "nothing registered" in caplog.text
+    assert len(client.search_model_versions("name='colorizer'")) == 1
