@@ -15,6 +15,7 @@ from PIL import Image
 from colorizer.colorize.report import REPORT_NAME
 
 HERE = Path(__file__).parent
+PHOTOS = 96
 
 
 @pytest.mark.slow
@@ -23,7 +24,8 @@ def test_losing_the_ray_node_that_runs_the_model_costs_no_photo(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(32):
+    # enough photos that the model actor is still at work when the first outputs are written
+    for i in range(PHOTOS):
         Image.fromarray((rng.random((240, 320)) * 255).astype(np.uint8)).save(src / f"p{i:03d}.png")
     (src / "broken.png").write_bytes(b"not an image")
     done = subprocess.run(
@@ -41,8 +43,8 @@ def test_losing_the_ray_node_that_runs_the_model_costs_no_photo(tmp_path):
     assert found["killed_the_model_actors_node"] and found["written_before_kill"] >= 4
     assert found["seconds_to_see_it_dead"] is not None
     rows = {row["path"]: row["status"] for row in found["rows"]}
-    assert rows == {**{f"p{i:03d}.png": "done" for i in range(32)}, "broken.png": "failed"}  # a row for every input
-    for i in range(32):  # every output whole
+    assert rows == {**{f"p{i:03d}.png": "done" for i in range(PHOTOS)}, "broken.png": "failed"}  # a row for each
+    for i in range(PHOTOS):  # every output whole
         with Image.open(tmp_path / "dst" / f"p{i:03d}.png") as out:
             out.load()
             assert out.size == (320, 240)

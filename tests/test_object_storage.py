@@ -14,6 +14,7 @@ from colorizer.cli import main
 from colorizer.colorize.bulk import colorize
 from colorizer.colorize.report import HISTORY_NAME, REPORT_NAME
 from colorizer.config import ColorizeOptions, UserError
+from colorizer.serving.register import register
 from colorizer.training.train import train
 from tests.helpers import colourful, free_port, start_server, stop_server, tiny_params
 
@@ -95,6 +96,7 @@ def test_an_mlflow_server_keeps_the_runs_artifacts_in_the_bucket(tiny_shards, tm
         monkeypatch.setenv("DVC_ROOT", str(tmp_path))
         out = tmp_path / "out"
         train(tiny_params(epochs=1), tiny_shards, out / "model", out / "state", out / "plots.csv", out / "m.json")
+        register(out / "model", out / "m.json")  # the register stage: the model into the training's run
         client = MlflowClient(url)
         [run] = client.search_runs([client.get_experiment_by_name("colorizer").experiment_id])
     finally:
