@@ -147,3 +147,16 @@ def test_one_prediction_check_for_every_engine():
     assert prediction_error(RuntimeError("out of memory")) == "model error: out of memory"
     assert "not finite" in prediction_error(np.array([0.0, np.nan]))
     assert "not finite" in prediction_error(np.array([np.inf]))
+
+
+def test_the_onednn_probe_passes_under_bf16_autocast_and_draws_no_random_numbers():
+    """The probe runs at the first folded forward, inside the caller's autocast (bf16 where the CPU
+    has it): it must still find the ops as they are, and leave torch's generator where it was."""
+    from colorizer.colorize import onednn
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    state = torch.get_rng_state()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        onednn._probe_onednn()  # raises if it fails
+    assert torch.equal(torch.get_rng_state(), state)

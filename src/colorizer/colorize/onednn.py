@@ -2,7 +2,7 @@
 (`conv_act`, the ops and weight packing Inductor's CPU backend emits for the pair), and the UNet's
 upsampling written straight into its concatenation (`upsampled_cat`). Fast paths (`colorizer.fast`)
 of the folded generator (`colorize.inference`); they call private oneDNN ops of torch, probed once.
-`python -m bench` measures them (the `colorize model` rows)."""
+`make bench` measures them (its generator inference rows, with and without COLORIZER_FAST)."""
 
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ def _probe_onednn() -> None:
     if not torch.backends.mkldnn.is_available():
         raise RuntimeError("this torch is built without oneDNN")
     x = torch.ones(1, 2, 4, 4).contiguous(memory_format=torch.channels_last)
-    for conv in (nn.Conv2d(2, 2, 3, padding=1), nn.ConvTranspose2d(2, 2, 3, padding=1)):
-        with torch.no_grad():
+    # in float32 whatever autocast the caller runs under, and without drawing from torch's generator
+    with torch.random.fork_rng(devices=[]), torch.autocast("cpu", enabled=False), torch.no_grad():
+        for conv in (nn.Conv2d(2, 2, 3, padding=1), nn.ConvTranspose2d(2, 2, 3, padding=1)):
             expected = torch.relu(conv(x))
             torch.testing.assert_close(_onednn_conv_act(x, conv, 0.0, torch.float32), expected)
 
