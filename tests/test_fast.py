@@ -22,7 +22,7 @@ def test_a_fast_path_whose_private_api_is_missing_warns_once_and_runs_plain(capl
         calls.append(1)
         raise AttributeError("module 'torch.ops.mkldnn' has no attribute '_convolution_pointwise'")
 
-    with caplog.at_level(logging.WARNING, logger="colorizer"):
+    with caplog.at_level(logging.WARNING, logger="colorizer"), fast.enabled_as(True):
         assert not fast.usable("a test path", probe)
         assert not fast.usable("a test path", probe)
     assert calls == [1]  # probed once per process

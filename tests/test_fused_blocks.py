@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from colorizer import fast
 from colorizer.colorize.onednn import upsampled_cat
 from colorizer.training import fused_blocks
 from colorizer.training.fused_blocks import fused_kernels_apply
@@ -46,8 +47,11 @@ PATHS = {
 
 @pytest.fixture(autouse=True)
 def fused_kernels_at_any_size(monkeypatch):
-    """Small tensors here, where the library leaves tensors under a million elements to ATen."""
+    """The fast paths under test, whatever COLORIZER_FAST says (the plain ones are the reference), on
+    small tensors here, where the library leaves tensors under a million elements to ATen."""
     monkeypatch.setattr(fused_blocks, "FUSED_MIN_ELEMENTS", 0)
+    with fast.enabled_as(True):
+        yield
 
 
 @needs_compiler
@@ -263,6 +267,7 @@ def test_without_a_cxx_compiler_training_warns_once_and_goes_on_on_aten_kernels(
     """No compiler Inductor can use (a fresh compile cache, so nothing compiled before helps): one
     warning, and the steps still compute the designed block (on tensors large enough to be fused)."""
     environment = os.environ | {
+        "COLORIZER_FAST": "1",
         "CXX": str(tmp_path / "no-such-c++"),
         "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache"),
     }

@@ -104,11 +104,13 @@ def test_cpu_bf16_can_be_hidden(monkeypatch):
         cpu_has_native_bf16.cache_clear()
 
 
-@pytest.mark.skipif(not onednn_dtypes(), reason="this torch has no oneDNN")
+@fast.enabled_as(True)
 def test_folded_generator_packs_its_weights_for_each_new_batch_shape():
     """oneDNN's weight layouts are made for one input shape and kept: batches of other shapes (a run's
     last, partial one; a batch split in halves after an out-of-memory) get their own and still
     predict what the generator does, and a shape seen again is not packed again."""
+    if not onednn_dtypes():
+        pytest.skip("this torch has no oneDNN")
     generator = trained_looking_generator([4, 8, 8, 8], 32)
     folded = FoldedGenerator(generator)
     first_conv = folded.down[0]
