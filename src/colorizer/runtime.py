@@ -21,6 +21,7 @@ import errno
 import inspect
 import logging
 import os
+import resource  # here, not where memory has run out: loading it then may fail to map too
 import signal
 import sys
 import threading
@@ -237,8 +238,6 @@ MEMORY_MESSAGES = ("failed to map segment", "unable to mmap", "cannot allocate m
 
 def _address_space_limit() -> int | None:
     """This process's address-space limit in bytes (`ulimit -v`), or None where there is none."""
-    import resource
-
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
     return None if soft == resource.RLIM_INFINITY else soft
 
